@@ -1,0 +1,87 @@
+// Package credsource supplies the database credentials that the agent presents upstream.
+//
+// A Source maps a secret id (the route's committed_secret_id) to Credentials. The stock
+// sources read an in-memory map (Static), a YAML or JSON secrets file (File) and environment
+// variables (Env). Cache wraps any Source with a TTL and single-flight fetches, and Invalidate
+// lets a session drop credentials that the upstream has just rejected, so a rotated password
+// is picked up on the next attempt without a restart.
+//
+// Credentials redact themselves when printed or logged: String, GoString, Format and
+// slog.LogValuer all show the user name and never the password or the private key.
+package credsource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+)
+
+// ErrNotFound is returned (wrapped) by a Source when it has no secret with the requested id.
+var ErrNotFound = errors.New("secret not found")
+
+// Source fetches the credentials stored under a secret id.
+//
+// Fetch must be safe for concurrent use. It returns an error wrapping ErrNotFound when the
+// id is unknown. Errors must never contain the secret's values.
+type Source interface {
+	Fetch(ctx context.Context, id string) (Credentials, error)
+}
+
+// Credentials are what the agent presents to the upstream database on behalf of a client.
+//
+// The zero value has no user name and no password; protocols that allow it (Redis with only a
+// default user password, for example) treat an empty Username as "no user name".
+type Credentials struct {
+	// Username is the database user (role) name.
+	Username string
+	// Password is the database password. Never log it.
+	Password string
+	// Certificate is a PEM client certificate chain for mutual TLS, or nil.
+	Certificate []byte
+	// PrivateKey is the PEM private key for Certificate, or nil. Never log it.
+	PrivateKey []byte
+	// AuthSource is the MongoDB authentication database; empty means "admin".
+	AuthSource string
+}
+
+// String returns a redacted description that names the user but no secret.
+func (c Credentials) String() string {
+	s := fmt.Sprintf("credentials{user=%q password=%s", c.Username, redacted(c.Password != ""))
+	if len(c.Certificate) > 0 || len(c.PrivateKey) > 0 {
+		s += " client_certificate=" + redacted(len(c.PrivateKey) > 0)
+	}
+	return s + "}"
+}
+
+// GoString keeps %#v from printing the secret fields.
+func (c Credentials) GoString() string { return c.String() }
+
+// Format keeps every fmt verb, %v, %+v and %#v included, on the redacted form.
+func (c Credentials) Format(f fmt.State, verb rune) { fmt.Fprint(f, c.String()) }
+
+// LogValue implements slog.LogValuer so that logging Credentials shows only the user name.
+func (c Credentials) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("user", c.Username),
+		slog.Bool("has_password", c.Password != ""),
+		slog.Bool("has_client_certificate", len(c.Certificate) > 0),
+	)
+}
+
+// Equal reports whether c and other hold the same values. Sessions use it to tell whether a
+// re-fetch after an authentication failure brought new credentials.
+func (c Credentials) Equal(other Credentials) bool {
+	return c.Username == other.Username &&
+		c.Password == other.Password &&
+		string(c.Certificate) == string(other.Certificate) &&
+		string(c.PrivateKey) == string(other.PrivateKey) &&
+		c.AuthSource == other.AuthSource
+}
+
+func redacted(set bool) string {
+	if set {
+		return "[redacted]"
+	}
+	return "[empty]"
+}

@@ -1,0 +1,147 @@
+// Package handshake holds what the protocol packages (pgauth, myauth, mongoauth, redisauth)
+// share: the options and result of a Handshake, the errors the proxy core branches on, and
+// small connection helpers. The protocol packages re-export these names with type aliases,
+// so callers never import this package.
+package handshake
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/knoxcall/dbproxy/credsource"
+)
+
+// Errors that a Handshake wraps so that callers can classify a failure with errors.Is.
+var (
+	// ErrAuthFailed means the upstream rejected the stored credentials. The client has
+	// already been sent the server's own error.
+	ErrAuthFailed = errors.New("upstream rejected the credentials")
+	// ErrClientProtocol means the client sent something the protocol does not allow at this
+	// point, or that the agent refuses (a password, a TLS request it cannot honour).
+	ErrClientProtocol = errors.New("client protocol error")
+	// ErrUpstreamProtocol means the upstream sent something the protocol does not allow,
+	// declined TLS, or asked for an authentication method the agent does not support.
+	ErrUpstreamProtocol = errors.New("upstream protocol error")
+	// ErrCancelRequest means the connection carried a PostgreSQL CancelRequest, which was
+	// forwarded upstream; there is no session to splice.
+	ErrCancelRequest = errors.New("cancel request forwarded")
+	// ErrCredentialsUnchanged is returned by an Options.Redial that re-fetched the
+	// credentials after an authentication failure and found the same values, so retrying
+	// would fail again.
+	ErrCredentialsUnchanged = errors.New("re-fetched credentials are unchanged")
+)
+
+// Options configure one Handshake. The zero value is not usable: TLSConfig is required.
+type Options struct {
+	// Route is the route name shown in errors sent to the client and in log lines.
+	Route string
+	// TLSConfig configures the TLS connection to the upstream. It must not be nil: the
+	// agent never talks to a database in plaintext.
+	TLSConfig *tls.Config
+	// Logger receives protocol-step lines at Debug level. Nil means no logging.
+	Logger *slog.Logger
+	// Redial, if not nil, is called once when the upstream rejects the credentials. It
+	// returns a new upstream connection (already dialed, not yet TLS) and freshly fetched
+	// credentials, and the Handshake retries the upstream login on it. It returns an error
+	// wrapping ErrCredentialsUnchanged when the source still has the rejected values; the
+	// Handshake then reports the first rejection.
+	Redial func(ctx context.Context) (net.Conn, credsource.Credentials, error)
+}
+
+// Log returns the logger to use, never nil.
+func (o *Options) Log() *slog.Logger {
+	if o.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return o.Logger
+}
+
+// Conns are the connections that a finished Handshake hands to the splice. Each may wrap the
+// connection it came from, to return bytes read ahead during the handshake first or to filter
+// the stream (Redis AUTH rewriting, for example). Both implement CloseWrite when the
+// underlying connection does.
+type Conns struct {
+	Client   net.Conn
+	Upstream net.Conn
+}
+
+// BufferedConn is a net.Conn whose reads come from R, a buffered reader over Conn, so bytes
+// that a parser read ahead are not lost.
+type BufferedConn struct {
+	net.Conn
+	R *bufio.Reader
+}
+
+// NewBufferedConn wraps c with a reader of the given buffer size.
+func NewBufferedConn(c net.Conn, size int) *BufferedConn {
+	return &BufferedConn{Conn: c, R: bufio.NewReaderSize(c, size)}
+}
+
+func (c *BufferedConn) Read(p []byte) (int, error) { return c.R.Read(p) }
+
+// CloseWrite half-closes the underlying connection when it supports it.
+func (c *BufferedConn) CloseWrite() error { return CloseWrite(c.Conn) }
+
+// Unwrap returns the underlying connection.
+func (c *BufferedConn) Unwrap() net.Conn { return c.Conn }
+
+// CloseWrite shuts down the writing side of c if c supports it, and closes c otherwise.
+func CloseWrite(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Close()
+}
+
+// WatchContext makes blocked reads and writes on conns return as soon as ctx is done, by
+// setting a deadline in the past. The returned stop function undoes the watch; call it
+// before handing the connections on, then ClearDeadlines.
+func WatchContext(ctx context.Context, conns ...net.Conn) (stop func() bool) {
+	return context.AfterFunc(ctx, func() {
+		past := time.Unix(1, 0)
+		for _, c := range conns {
+			if c != nil {
+				c.SetDeadline(past)
+			}
+		}
+	})
+}
+
+// ClearDeadlines removes any deadline from conns.
+func ClearDeadlines(conns ...net.Conn) {
+	for _, c := range conns {
+		if c != nil {
+			c.SetDeadline(time.Time{})
+		}
+	}
+}
+
+// ContextError returns ctx.Err() when ctx is done, since the i/o error that the context
+// watch caused says less, and err otherwise.
+func ContextError(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return fmt.Errorf("%w (%v)", ctxErr, err)
+	}
+	return err
+}
+
+// StartTLS runs the client side of a TLS handshake on c with cfg, bounded by ctx.
+func StartTLS(ctx context.Context, c net.Conn, cfg *tls.Config) (*tls.Conn, error) {
+	if cfg == nil {
+		return nil, errors.New("upstream tls: no TLS configuration")
+	}
+	tc := tls.Client(c, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("upstream tls handshake: %w", err)
+	}
+	return tc, nil
+}

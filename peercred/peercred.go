@@ -1,0 +1,35 @@
+// Package peercred identifies the process on the other end of a local socket.
+//
+// On Linux, Unix socket peers are read with SO_PEERCRED. That option does not work on TCP
+// sockets (Linux reports uid 4294967295 there), so TCP loopback peers are looked up in the
+// kernel's socket tables through sock_diag netlink, by the connection's address pair. Other
+// platforms return ErrNotImplemented, and a route with a UID allowlist then rejects every
+// connection.
+package peercred
+
+import (
+	"errors"
+	"net"
+)
+
+// ErrNotImplemented is returned on platforms without a peer lookup.
+var ErrNotImplemented = errors.New("peercred: not implemented on this platform")
+
+// ErrUnknownPeer is returned (wrapped) when the peer cannot be identified: a non-loopback TCP
+// peer, a socket that is no longer in the kernel's tables, or an unsupported connection type.
+var ErrUnknownPeer = errors.New("peercred: peer not found")
+
+// Cred identifies a peer process.
+type Cred struct {
+	// UID is the peer's user id (the effective UID for Unix sockets, the socket owner for TCP).
+	UID uint32
+	// PID is the peer's process id, or 0 when it could not be determined. For TCP it is the
+	// first process found holding the socket, which may be one of several after a fork.
+	PID int
+}
+
+// Checker looks up the peer of an accepted connection. Implementations must be safe for
+// concurrent use and must not read from or write to the connection.
+type Checker interface {
+	PeerCred(conn net.Conn) (Cred, error)
+}
