@@ -1,0 +1,114 @@
+// Package splice copies bytes both ways between two connections until both directions end.
+package splice
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+
+	"github.com/knoxcall/dbproxy/internal/handshake"
+)
+
+// Buffer sizes. A direction that waits for data holds a small buffer, so an idle session
+// costs little memory; a read that fills it switches to a large buffer until reads come back
+// short again. 32 KiB holds two full TLS records (16 KiB of plaintext each, RFC 8446
+// section 5.1).
+const (
+	SmallBufferSize = 2 << 10
+	LargeBufferSize = 32 << 10
+)
+
+var (
+	smallBuffers = sync.Pool{New: func() any { b := make([]byte, SmallBufferSize); return &b }}
+	largeBuffers = sync.Pool{New: func() any { b := make([]byte, LargeBufferSize); return &b }}
+)
+
+// Run copies a to b and b to a at the same time. When one side ends its stream cleanly, Run
+// half-closes the other side's writing direction and keeps copying the opposite way, so a
+// peer that shuts down its output still receives the rest of the replies. When either
+// direction fails, Run closes both connections so that the other direction ends too. It
+// returns the bytes copied each way and the first error other than a clean end of stream; an
+// error caused by that close is not reported. The caller closes both connections afterwards.
+func Run(a, b net.Conn) (aToB, bToA int64, err error) {
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+	)
+	record := func(e error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if firstErr == nil && e != nil && !errors.Is(e, net.ErrClosed) {
+			firstErr = e
+		}
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var e error
+		bToA, e = pump(a, b)
+		record(e)
+		finish(a, b, e)
+	}()
+	var e error
+	aToB, e = pump(b, a)
+	record(e)
+	finish(b, a, e)
+	wg.Wait()
+	return aToB, bToA, firstErr
+}
+
+// finish ends the direction that wrote to dst: a half-close after a clean end of stream, a
+// full close of both connections after an error.
+func finish(dst, src net.Conn, err error) {
+	if err == nil && handshake.CloseWrite(dst) == nil {
+		return
+	}
+	dst.Close()
+	src.Close()
+}
+
+// pump copies src to dst until src ends; a clean end of stream returns a nil error. It does
+// not use io.Copy, because net.TCPConn's WriteTo would bypass the pooled buffers and
+// allocate a buffer of its own on every call.
+func pump(dst, src net.Conn) (int64, error) {
+	small := smallBuffers.Get().(*[]byte)
+	defer smallBuffers.Put(small)
+	var large *[]byte
+	defer func() {
+		if large != nil {
+			largeBuffers.Put(large)
+		}
+	}()
+
+	buf := *small
+	var total int64
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			w, werr := dst.Write(buf[:n])
+			total += int64(w)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+
+		// Grow when a read filled the buffer; shrink back when the stream slows down.
+		switch {
+		case n == len(buf) && large == nil:
+			large = largeBuffers.Get().(*[]byte)
+			buf = *large
+		case large != nil && n < SmallBufferSize:
+			largeBuffers.Put(large)
+			large = nil
+			buf = *small
+		}
+	}
+}
