@@ -1,0 +1,32 @@
+package knoxproxy
+
+import (
+	"context"
+	"net"
+
+	"github.com/knoxcall/dbproxy/credsource"
+	"github.com/knoxcall/dbproxy/internal/handshake"
+)
+
+// protocol is what the core needs from a protocol package.
+type protocol struct {
+	// handshake runs the login phase (pgauth.Handshake and its siblings).
+	handshake func(ctx context.Context, client, upstream net.Conn, creds credsource.Credentials, opts handshake.Options) (handshake.Conns, error)
+	// reject tells the client, in the protocol's error format, that the session could not
+	// be set up.
+	reject func(ctx context.Context, client net.Conn, route string, cause error) error
+	// clientSpeaksFirst is true when the client sends the first bytes, so the core can
+	// inspect them before fetching credentials. MySQL's server speaks first.
+	clientSpeaksFirst bool
+	// redisInline is true when inline commands are valid first bytes (Redis), so an HTTP
+	// request line is told apart from an inline command by its shape.
+	redisInline bool
+}
+
+// protocols maps Route.Protocol to its implementation.
+var protocols = map[string]protocol{
+	"postgres": {clientSpeaksFirst: true},
+	"mysql":    {},
+	"mongodb":  {clientSpeaksFirst: true},
+	"redis":    {clientSpeaksFirst: true, redisInline: true},
+}

@@ -1,0 +1,585 @@
+package knoxproxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/knoxcall/dbproxy/credsource"
+	"github.com/knoxcall/dbproxy/internal/dbtest"
+	"github.com/knoxcall/dbproxy/internal/handshake"
+	"github.com/knoxcall/dbproxy/peercred"
+)
+
+func TestMain(m *testing.M) {
+	protocols["line"] = lineProtocol
+	goleak.VerifyTestMain(m)
+}
+
+const canaryPassword = "canary-Pa55word-7b1e"
+
+// lineProtocol is a protocol made for these tests. The client sends "LOGIN\n" and gets
+// "WELCOME\n"; upstream, after TLS, the agent sends "AUTH user password\n" and gets "OK\n"
+// or "DENIED\n". Then bytes flow unchanged.
+var lineProtocol = protocol{
+	clientSpeaksFirst: true,
+	handshake: func(ctx context.Context, client, upstream net.Conn, creds credsource.Credentials, opts handshake.Options) (handshake.Conns, error) {
+		stop := handshake.WatchContext(ctx, client, upstream)
+		defer stop()
+		cr := bufio.NewReader(client)
+		line, err := cr.ReadString('\n')
+		if err != nil {
+			return handshake.Conns{}, handshake.ContextError(ctx, err)
+		}
+		if line != "LOGIN\n" {
+			fmt.Fprintf(client, "ERROR expected LOGIN\n")
+			return handshake.Conns{}, fmt.Errorf("%w: got %q", handshake.ErrClientProtocol, line)
+		}
+		for attempt := 0; ; attempt++ {
+			tc, err := handshake.StartTLS(ctx, upstream, opts.TLSConfig)
+			if err != nil {
+				fmt.Fprintf(client, "ERROR route %s: upstream tls\n", opts.Route)
+				return handshake.Conns{}, handshake.ContextError(ctx, err)
+			}
+			fmt.Fprintf(tc, "AUTH %s %s\n", creds.Username, creds.Password)
+			ur := bufio.NewReader(tc)
+			reply, err := ur.ReadString('\n')
+			if err != nil {
+				return handshake.Conns{Upstream: tc}, handshake.ContextError(ctx, err)
+			}
+			if reply == "OK\n" {
+				io.WriteString(client, "WELCOME\n")
+				handshake.ClearDeadlines(client, upstream)
+				return handshake.Conns{
+					Client:   &handshake.BufferedConn{Conn: client, R: cr},
+					Upstream: &handshake.BufferedConn{Conn: tc, R: ur},
+				}, nil
+			}
+			if attempt == 0 && opts.Redial != nil {
+				next, fresh, err := opts.Redial(ctx)
+				if err == nil {
+					tc.Close()
+					upstream, creds = next, fresh
+					stop()
+					stop = handshake.WatchContext(ctx, client, upstream)
+					continue
+				}
+			}
+			io.WriteString(client, "DENIED\n")
+			return handshake.Conns{Upstream: tc}, handshake.ErrAuthFailed
+		}
+	},
+	reject: func(ctx context.Context, client net.Conn, route string, cause error) error {
+		_, err := fmt.Fprintf(client, "ERROR route %s: %v\n", route, cause)
+		return err
+	},
+}
+
+// lineUpstream is a TLS server for lineProtocol that accepts one password and then echoes.
+type lineUpstream struct {
+	ln       net.Listener
+	password atomic.Value
+	conns    atomic.Int64
+	wg       sync.WaitGroup
+}
+
+func startLineUpstream(t *testing.T, certs *dbtest.Certs, password string) *lineUpstream {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(certs.ServerCert, certs.ServerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &lineUpstream{ln: ln}
+	u.password.Store(password)
+	u.wg.Add(1)
+	go func() {
+		defer u.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u.conns.Add(1)
+			u.wg.Add(1)
+			go func() {
+				defer u.wg.Done()
+				defer c.Close()
+				r := bufio.NewReader(c)
+				line, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if line != "AUTH app "+u.password.Load().(string)+"\n" {
+					io.WriteString(c, "DENIED\n")
+					return
+				}
+				io.WriteString(c, "OK\n")
+				io.Copy(c, r)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); u.wg.Wait() })
+	return u
+}
+
+func (u *lineUpstream) port() int { return u.ln.Addr().(*net.TCPAddr).Port }
+
+// countingSource counts fetches and can be told to fail.
+type countingSource struct {
+	*credsource.Static
+	fetches atomic.Int64
+	// afterFetch, if set, runs once after the first fetch.
+	afterFetch func()
+	once       sync.Once
+}
+
+func (s *countingSource) Fetch(ctx context.Context, id string) (credsource.Credentials, error) {
+	s.fetches.Add(1)
+	creds, err := s.Static.Fetch(ctx, id)
+	if s.afterFetch != nil {
+		s.once.Do(s.afterFetch)
+	}
+	return creds, err
+}
+
+type fixedPeer struct {
+	cred peercred.Cred
+	err  error
+}
+
+func (p fixedPeer) PeerCred(net.Conn) (peercred.Cred, error) { return p.cred, p.err }
+
+// syncBuffer is a log destination that tests read while the server writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+type harness struct {
+	srv      *Server
+	source   *countingSource
+	upstream *lineUpstream
+	logs     *syncBuffer
+	dials    *atomic.Int64
+	cancel   context.CancelFunc
+	done     chan error
+}
+
+type harnessOptions struct {
+	peer            peercred.Checker
+	allowedUIDs     []uint32
+	shutdownTimeout time.Duration
+	storedPassword  string
+	loginTimeout    time.Duration
+}
+
+func startHarness(t *testing.T, o harnessOptions) *harness {
+	t.Helper()
+	certs := dbtest.NewCerts(t, t.TempDir())
+	up := startLineUpstream(t, certs, "secret")
+	if o.storedPassword == "" {
+		o.storedPassword = "secret"
+	}
+	src := &countingSource{Static: credsource.NewStatic(map[string]credsource.Credentials{
+		"sec": {Username: "app", Password: o.storedPassword},
+	})}
+	if o.peer == nil {
+		o.peer = fixedPeer{cred: peercred.Cred{UID: 1000, PID: 42}}
+	}
+	logs := &syncBuffer{}
+	var dials atomic.Int64
+	var d net.Dialer
+	srv, err := New(Config{
+		Routes: []Route{{
+			Name: "orders", Protocol: "line", LocalPort: dbtest.FreePort(t),
+			UpstreamHost: "127.0.0.1", UpstreamPort: up.port(), SecretID: "sec",
+			AllowedUIDs: o.allowedUIDs, TLS: TLS{CAFile: certs.CAFile}, LoginTimeout: o.loginTimeout,
+		}},
+		Credentials:     src,
+		PeerChecker:     o.peer,
+		Logger:          slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		ShutdownTimeout: o.shutdownTimeout,
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dials.Add(1)
+			return d.DialContext(ctx, network, addr)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &harness{srv: srv, source: src, upstream: up, logs: logs, dials: &dials, cancel: cancel, done: make(chan error, 1)}
+	go func() { h.done <- srv.Serve(ctx) }()
+	<-srv.Ready()
+	t.Cleanup(func() {
+		h.stop(t)
+		if strings.Contains(logs.String(), canaryPassword) {
+			t.Errorf("log contains the stored password:\n%s", logs)
+		}
+	})
+	return h
+}
+
+func (h *harness) stop(t *testing.T) error {
+	t.Helper()
+	h.cancel()
+	select {
+	case err, ok := <-h.done:
+		if ok {
+			close(h.done)
+		}
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return")
+		return nil
+	}
+}
+
+func (h *harness) dial(t *testing.T) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", h.srv.Addr("orders").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
+}
+
+func readLine(t *testing.T, r *bufio.Reader) string {
+	t.Helper()
+	line, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("read line: %v (got %q)", err, line)
+	}
+	return line
+}
+
+func TestSessionEndToEnd(t *testing.T) {
+	h := startHarness(t, harnessOptions{})
+	c := h.dial(t)
+	r := bufio.NewReader(c)
+	io.WriteString(c, "LOGIN\nearly bytes after login\n")
+	if got := readLine(t, r); got != "WELCOME\n" {
+		t.Fatalf("got %q, want WELCOME", got)
+	}
+	if got := readLine(t, r); got != "early bytes after login\n" {
+		t.Fatalf("read-ahead bytes: got %q", got)
+	}
+	io.WriteString(c, "ping\n")
+	if got := readLine(t, r); got != "ping\n" {
+		t.Fatalf("echo: got %q", got)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	if rest, _ := io.ReadAll(r); len(rest) != 0 {
+		t.Fatalf("unexpected bytes after half-close: %q", rest)
+	}
+	h.stop(t)
+	logs := h.logs.String()
+	for _, want := range []string{"session open", "peer_uid=1000", "peer_pid=42", "session closed", "outcome=ok", "bytes_to_upstream=29", "bytes_to_client=29"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %q:\n%s", want, logs)
+		}
+	}
+}
+
+func TestPeerNotAllowed(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		peer   fixedPeer
+		reason string
+	}{
+		{"uid not in list", fixedPeer{cred: peercred.Cred{UID: 1234, PID: 7}}, "uid_not_allowed"},
+		{"peer unknown", fixedPeer{err: peercred.ErrUnknownPeer}, "peer_unknown"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := startHarness(t, harnessOptions{peer: tc.peer, allowedUIDs: []uint32{1000}})
+			c := h.dial(t)
+			io.WriteString(c, "LOGIN\n")
+			if n, err := c.Read(make([]byte, 16)); err == nil {
+				t.Fatalf("read %d bytes from a rejected connection, want EOF", n)
+			}
+			h.stop(t)
+			if n := h.source.fetches.Load(); n != 0 {
+				t.Errorf("credential fetches = %d, want 0", n)
+			}
+			if n := h.dials.Load(); n != 0 {
+				t.Errorf("upstream dials = %d, want 0", n)
+			}
+			if logs := h.logs.String(); !strings.Contains(logs, "reason="+tc.reason) {
+				t.Errorf("log lacks reason %s:\n%s", tc.reason, logs)
+			}
+		})
+	}
+}
+
+func TestPeerAllowed(t *testing.T) {
+	h := startHarness(t, harnessOptions{allowedUIDs: []uint32{5, 1000}})
+	c := h.dial(t)
+	io.WriteString(c, "LOGIN\n")
+	if got := readLine(t, bufio.NewReader(c)); got != "WELCOME\n" {
+		t.Fatalf("got %q, want WELCOME", got)
+	}
+}
+
+func TestFirstBytesRejected(t *testing.T) {
+	for _, tc := range []struct {
+		name, first, reason string
+	}{
+		{"http get", "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", reasonHTTP},
+		{"http post", "POST /query HTTP/1.1\r\n\r\n", reasonHTTP},
+		{"tls client hello", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", reasonTLSHello},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := startHarness(t, harnessOptions{})
+			c := h.dial(t)
+			io.WriteString(c, tc.first)
+			if b, _ := io.ReadAll(c); len(b) != 0 {
+				t.Errorf("client got %q, want nothing", b)
+			}
+			h.stop(t)
+			if n := h.source.fetches.Load(); n != 0 {
+				t.Errorf("credential fetches = %d, want 0", n)
+			}
+			if logs := h.logs.String(); !strings.Contains(logs, "reason="+tc.reason) {
+				t.Errorf("log lacks reason %s:\n%s", tc.reason, logs)
+			}
+		})
+	}
+}
+
+func TestCredentialsMissing(t *testing.T) {
+	h := startHarness(t, harnessOptions{})
+	h.source.Static.Delete("sec")
+	c := h.dial(t)
+	io.WriteString(c, "LOGIN\n")
+	got := readLine(t, bufio.NewReader(c))
+	if !strings.HasPrefix(got, "ERROR route orders: fetch credentials") {
+		t.Fatalf("got %q, want an error naming the route and the fetch", got)
+	}
+	h.stop(t)
+	if n := h.dials.Load(); n != 0 {
+		t.Errorf("upstream dials = %d, want 0", n)
+	}
+	if logs := h.logs.String(); !strings.Contains(logs, "outcome="+outcomeCredentials) {
+		t.Errorf("log lacks outcome %s:\n%s", outcomeCredentials, logs)
+	}
+}
+
+func TestUpstreamUnreachable(t *testing.T) {
+	h := startHarness(t, harnessOptions{})
+	h.upstream.ln.Close()
+	c := h.dial(t)
+	io.WriteString(c, "LOGIN\n")
+	got := readLine(t, bufio.NewReader(c))
+	if !strings.HasPrefix(got, "ERROR route orders: dial upstream") {
+		t.Fatalf("got %q, want an error naming the route and the dial", got)
+	}
+}
+
+func TestWrongPasswordNotRetriedWhenUnchanged(t *testing.T) {
+	h := startHarness(t, harnessOptions{storedPassword: canaryPassword})
+	c := h.dial(t)
+	io.WriteString(c, "LOGIN\n")
+	if got := readLine(t, bufio.NewReader(c)); got != "DENIED\n" {
+		t.Fatalf("got %q, want DENIED", got)
+	}
+	h.stop(t)
+	if n := h.source.fetches.Load(); n != 2 {
+		t.Errorf("credential fetches = %d, want 2 (the first and one re-fetch)", n)
+	}
+	if n := h.dials.Load(); n != 1 {
+		t.Errorf("upstream dials = %d, want 1: unchanged credentials are not retried", n)
+	}
+	if logs := h.logs.String(); !strings.Contains(logs, "outcome="+outcomeAuthFailed) {
+		t.Errorf("log lacks outcome %s:\n%s", outcomeAuthFailed, logs)
+	}
+}
+
+func TestRotatedPasswordRetried(t *testing.T) {
+	h := startHarness(t, harnessOptions{storedPassword: canaryPassword})
+	// The password changes on the server and in the source after the session fetched
+	// the old one: the rejection makes the session fetch again and retry.
+	h.source.afterFetch = func() {
+		h.source.Static.Set("sec", credsource.Credentials{Username: "app", Password: "rotated"})
+		h.upstream.password.Store("rotated")
+	}
+	c := h.dial(t)
+	io.WriteString(c, "LOGIN\n")
+	if got := readLine(t, bufio.NewReader(c)); got != "WELCOME\n" {
+		t.Fatalf("got %q, want WELCOME after the retry", got)
+	}
+	if n := h.dials.Load(); n != 2 {
+		t.Errorf("upstream dials = %d, want 2", n)
+	}
+}
+
+func TestLoginTimeout(t *testing.T) {
+	h := startHarness(t, harnessOptions{loginTimeout: 200 * time.Millisecond})
+	c := h.dial(t)
+	start := time.Now()
+	b, _ := io.ReadAll(c)
+	if len(b) != 0 {
+		t.Errorf("client got %q, want nothing", b)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("silent client closed after %v, want about 200ms", d)
+	}
+	h.stop(t)
+	if logs := h.logs.String(); !strings.Contains(logs, "outcome="+outcomeLoginTimeout) {
+		t.Errorf("log lacks outcome %s:\n%s", outcomeLoginTimeout, logs)
+	}
+}
+
+func TestShutdownDrains(t *testing.T) {
+	t.Run("sessions that finish", func(t *testing.T) {
+		h := startHarness(t, harnessOptions{shutdownTimeout: 5 * time.Second})
+		c := h.dial(t)
+		r := bufio.NewReader(c)
+		io.WriteString(c, "LOGIN\n")
+		readLine(t, r)
+		go func() {
+			time.Sleep(200 * time.Millisecond)
+			c.Close()
+		}()
+		if err := h.stop(t); err != nil {
+			t.Fatalf("Serve = %v, want nil after a clean drain", err)
+		}
+	})
+	t.Run("sessions that do not", func(t *testing.T) {
+		h := startHarness(t, harnessOptions{shutdownTimeout: 300 * time.Millisecond})
+		c := h.dial(t)
+		io.WriteString(c, "LOGIN\n")
+		readLine(t, bufio.NewReader(c))
+		err := h.stop(t)
+		if !errors.Is(err, ErrShutdownTimeout) {
+			t.Fatalf("Serve = %v, want ErrShutdownTimeout", err)
+		}
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("session still open after shutdown")
+		}
+		if logs := h.logs.String(); !strings.Contains(logs, "outcome="+outcomeShutdown) {
+			t.Errorf("log lacks outcome %s:\n%s", outcomeShutdown, logs)
+		}
+	})
+}
+
+func TestNonLoopbackRejected(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0", "::", "192.168.1.10", "10.0.0.1", "::ffff:10.1.2.3", "2001:db8::1"} {
+		t.Run(addr, func(t *testing.T) {
+			_, err := New(Config{
+				Routes: []Route{{Name: "orders", Protocol: "postgres", ListenAddress: addr,
+					UpstreamHost: "db", UpstreamPort: 5432, SecretID: "s"}},
+				Credentials: credsource.NewStatic(nil),
+			})
+			if !errors.Is(err, ErrNotLoopback) {
+				t.Fatalf("New = %v, want ErrNotLoopback", err)
+			}
+			if !strings.Contains(err.Error(), `route "orders"`) {
+				t.Errorf("error %q does not name the route", err)
+			}
+		})
+	}
+}
+
+func TestLoopbackNamesAccepted(t *testing.T) {
+	for _, addr := range []string{"", "127.0.0.1", "127.0.0.2", "localhost"} {
+		r := Route{Name: "x", ListenAddress: addr}
+		ip, err := r.resolveListenIP(context.Background())
+		if err != nil {
+			t.Errorf("%q: %v", addr, err)
+			continue
+		}
+		if !ip.IsLoopback() {
+			t.Errorf("%q resolved to %s", addr, ip)
+		}
+	}
+}
+
+func TestSniff(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		input       string
+		redisInline bool
+		want        string
+	}{
+		{"postgres startup", "\x00\x00\x00\x08\x04\xd2\x16\x2f", false, ""},
+		{"http get", "GET / HTTP/1.1\r\n", false, reasonHTTP},
+		{"http put", "PUT /x HTTP/1.1\r\n", false, reasonHTTP},
+		{"http options", "OPTIONS * HTTP/1.1\r\n", false, reasonHTTP},
+		{"tls hello", "\x16\x03\x01\x00\xa5", false, reasonTLSHello},
+		{"0x16 not tls", "\x16\x00\x00\x00", false, ""},
+		{"redis inline get", "GET key\r\n", true, ""},
+		{"redis inline get url", "GET / HTTP/1.1\r\n", true, reasonHTTP},
+		{"redis post", "POST http://x/ HTTP/1.1\r\n", true, reasonHTTP},
+		{"redis resp", "*1\r\n$4\r\nPING\r\n", true, ""},
+		{"redis short del", "DEL\r\n", true, ""},
+		{"redis short ping", "PI\r\n", true, ""},
+		{"mongo length starting with G", "\x47\x01\x00\x00", false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A pipe-backed reader would block past the input; a loopback socket shows
+			// that sniff never waits for bytes the client did not send.
+			a, b := tcpPair(t)
+			io.WriteString(a, tc.input)
+			b.SetReadDeadline(time.Now().Add(2 * time.Second))
+			got, err := sniff(bufio.NewReaderSize(b, sniffBufferSize), tc.redisInline)
+			if err != nil {
+				t.Fatalf("sniff: %v", err)
+			}
+			if got != tc.want {
+				t.Errorf("sniff(%q) = %q, want %q", tc.input, got, tc.want)
+			}
+		})
+	}
+}
+
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		ch <- c
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := <-ch
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}

@@ -1,0 +1,388 @@
+package knoxproxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/knoxcall/dbproxy/credsource"
+	"github.com/knoxcall/dbproxy/internal/handshake"
+	"github.com/knoxcall/dbproxy/internal/splice"
+	"github.com/knoxcall/dbproxy/peercred"
+)
+
+// Session outcomes, logged on the close line and used as metric labels.
+const (
+	outcomeOK               = "ok"
+	outcomePeerRejected     = "peer_rejected"
+	outcomeBadFirstBytes    = "first_bytes_rejected"
+	outcomeClientGone       = "client_closed"
+	outcomeCredentials      = "credentials_error"
+	outcomeUnreachable      = "upstream_unreachable"
+	outcomeUpstreamTLS      = "upstream_tls_error"
+	outcomeAuthFailed       = "upstream_auth_failed"
+	outcomeClientProtocol   = "client_protocol_error"
+	outcomeUpstreamProtocol = "upstream_protocol_error"
+	outcomeLoginTimeout     = "login_timeout"
+	outcomeCancelRequest    = "cancel_forwarded"
+	outcomeShutdown         = "closed_at_shutdown"
+	outcomeSpliceError      = "io_error"
+	outcomeHandshakeFailed  = "handshake_error"
+	sniffBufferSize         = 16
+	unknownUID              = ^uint32(0)
+	refusalLogInterval      = time.Second
+)
+
+// session is one accepted client connection.
+type session struct {
+	srv   *Server
+	rs    *routeServer
+	conn  net.Conn
+	id    string
+	start time.Time
+	log   *slog.Logger
+
+	mu       sync.Mutex
+	upstream net.Conn
+	aborted  bool
+}
+
+func (s *Server) newSession(rs *routeServer, conn net.Conn) *session {
+	sess := &session{srv: s, rs: rs, conn: conn, id: newSessionID(), start: time.Now()}
+	sess.log = s.log.With("route", rs.route.Name, "session", sess.id)
+	s.mu.Lock()
+	s.sessions[sess] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	return sess
+}
+
+func (sess *session) done() {
+	sess.srv.mu.Lock()
+	delete(sess.srv.sessions, sess)
+	sess.srv.mu.Unlock()
+	sess.srv.wg.Done()
+}
+
+// abort closes both connections; run then ends with the outcome closed_at_shutdown.
+func (sess *session) abort() {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	sess.aborted = true
+	sess.conn.Close()
+	if sess.upstream != nil {
+		sess.upstream.Close()
+	}
+}
+
+func (sess *session) setUpstream(c net.Conn) bool {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if sess.aborted {
+		return false
+	}
+	sess.upstream = c
+	return true
+}
+
+func (sess *session) run(ctx context.Context) {
+	defer sess.done()
+	defer sess.conn.Close()
+	r := sess.rs.route
+
+	// Identify the peer before reading a byte, and drop it if the route does not allow it.
+	peer, peerErr := sess.srv.cfg.PeerChecker.PeerCred(sess.conn)
+	if peerErr != nil {
+		peer = peercred.Cred{UID: unknownUID}
+	}
+	if len(r.AllowedUIDs) > 0 && (peerErr != nil || !r.allows(peer.UID)) {
+		reason := "uid_not_allowed"
+		if peerErr != nil {
+			reason = "peer_unknown"
+		}
+		sess.rs.refusals.log(sess.log, reason, "peer rejected before reading",
+			"reason", reason, "peer_uid", uidAttr(peer.UID), "peer_pid", peer.PID,
+			"remote", sess.conn.RemoteAddr().String(), "err", peerErr)
+		sess.closeLine(outcomePeerRejected, 0, 0, nil)
+		return
+	}
+	sess.log = sess.log.With("peer_uid", uidAttr(peer.UID), "peer_pid", peer.PID)
+	sess.log.Info("session open", "remote", sess.conn.RemoteAddr().String(), "upstream", r.upstreamAddr())
+
+	loginCtx, cancel := context.WithTimeout(ctx, r.loginTimeout())
+	defer cancel()
+	conns, outcome, err := sess.login(loginCtx)
+	if err != nil {
+		sess.closeLine(outcome, 0, 0, err)
+		if conns.Upstream != nil {
+			conns.Upstream.Close()
+		}
+		return
+	}
+	defer conns.Upstream.Close()
+	defer conns.Client.Close()
+
+	// The login phase is over: pump bytes until either side is done.
+	toUpstream, toClient, err := splice.Run(conns.Client, conns.Upstream)
+	outcome = outcomeOK
+	if err != nil {
+		outcome = outcomeSpliceError
+	}
+	sess.mu.Lock()
+	if sess.aborted {
+		outcome, err = outcomeShutdown, nil
+	}
+	sess.mu.Unlock()
+	sess.closeLine(outcome, toUpstream, toClient, err)
+}
+
+// login runs everything between accept and the splice: the first-bytes check, the
+// credential fetch, the upstream dial and the protocol handshake. On failure it has told the
+// client why, where the protocol allows it.
+func (sess *session) login(ctx context.Context) (handshake.Conns, string, error) {
+	r, proto := sess.rs.route, sess.rs.proto
+	client := handshake.NewBufferedConn(sess.conn, sniffBufferSize)
+	stop := handshake.WatchContext(ctx, sess.conn)
+
+	// Reject browsers and direct-TLS clients by their first bytes, before any credential
+	// is fetched, so that a web page cannot reach the database through the agent.
+	if proto.clientSpeaksFirst {
+		reason, err := sniff(client.R, proto.redisInline)
+		if err != nil {
+			stop()
+			return handshake.Conns{}, sess.readOutcome(ctx), fmt.Errorf("read first bytes: %w", handshake.ContextError(ctx, err))
+		}
+		if reason != "" {
+			stop()
+			sess.rs.refusals.log(sess.log, reason, "client rejected by its first bytes", "reason", reason)
+			return handshake.Conns{}, outcomeBadFirstBytes, fmt.Errorf("client sent %s", reason)
+		}
+	}
+	if !stop() {
+		return handshake.Conns{}, outcomeLoginTimeout, ctx.Err()
+	}
+	handshake.ClearDeadlines(sess.conn)
+
+	// Fetch the route's credentials.
+	creds, err := sess.srv.cfg.Credentials.Fetch(ctx, r.SecretID)
+	if err != nil {
+		err = fmt.Errorf("fetch credentials %q: %w", r.SecretID, err)
+		sess.log.Error("credential fetch failed", "secret_id", r.SecretID, "err", err)
+		return handshake.Conns{}, outcomeCredentials, sess.reject(ctx, client, err)
+	}
+
+	// Dial the upstream.
+	upstream, err := sess.dial(ctx)
+	if err != nil {
+		return handshake.Conns{}, outcomeUnreachable, sess.reject(ctx, client, err)
+	}
+
+	// Run the protocol's handshake; it opens TLS and authenticates.
+	opts := handshake.Options{
+		Route:     r.Name,
+		TLSConfig: sess.tlsConfig(creds),
+		Logger:    sess.log,
+		Redial:    sess.redialer(creds),
+	}
+	conns, err := proto.handshake(ctx, client, upstream, creds, opts)
+	if err != nil {
+		if conns.Upstream == nil {
+			conns.Upstream = upstream
+		}
+		return conns, handshakeOutcome(ctx, err), fmt.Errorf("handshake: %w", err)
+	}
+	sess.setUpstream(conns.Upstream)
+	return conns, outcomeOK, nil
+}
+
+// reject sends the client the protocol's error for a failure before the handshake and
+// returns cause.
+func (sess *session) reject(ctx context.Context, client net.Conn, cause error) error {
+	if err := sess.rs.proto.reject(ctx, client, sess.rs.route.Name, cause); err != nil {
+		sess.log.Debug("could not send the error to the client", "err", err)
+	}
+	return cause
+}
+
+func (sess *session) dial(ctx context.Context) (net.Conn, error) {
+	r := sess.rs.route
+	dialCtx, cancel := context.WithTimeout(ctx, r.dialTimeout())
+	defer cancel()
+	c, err := sess.srv.cfg.Dial(dialCtx, "tcp", r.upstreamAddr())
+	if err != nil {
+		err = fmt.Errorf("dial upstream %s: %w", r.upstreamAddr(), handshake.ContextError(dialCtx, err))
+		sess.log.Error("upstream unreachable", "upstream", r.upstreamAddr(), "err", err)
+		return nil, err
+	}
+	if !sess.setUpstream(c) {
+		c.Close()
+		return nil, errors.New("dial upstream: session closed at shutdown")
+	}
+	return c, nil
+}
+
+// redialer returns the Options.Redial of a session: after the upstream rejected creds, it
+// drops them from the cache, fetches again, and dials a new upstream connection only if the
+// credentials changed.
+func (sess *session) redialer(creds credsource.Credentials) func(context.Context) (net.Conn, credsource.Credentials, error) {
+	return func(ctx context.Context) (net.Conn, credsource.Credentials, error) {
+		fresh, err := refetch(ctx, sess.srv.cfg.Credentials, sess.rs.route.SecretID, creds)
+		if err != nil {
+			return nil, credsource.Credentials{}, err
+		}
+		if fresh.Equal(creds) {
+			return nil, fresh, handshake.ErrCredentialsUnchanged
+		}
+		sess.log.Info("upstream rejected the credentials; retrying with re-fetched ones",
+			"secret_id", sess.rs.route.SecretID)
+		c, err := sess.dial(ctx)
+		if err != nil {
+			return nil, fresh, err
+		}
+		return c, fresh, nil
+	}
+}
+
+// refetch fetches id again after the upstream rejected the credentials in rejected, past
+// any cache in src: a credsource.Cache refreshes the entry (sharing one fetch among sessions
+// that saw the same rejection), another source with Invalidate drops its entry first.
+func refetch(ctx context.Context, src credsource.Source, id string, rejected credsource.Credentials) (credsource.Credentials, error) {
+	var (
+		fresh credsource.Credentials
+		err   error
+	)
+	switch s := src.(type) {
+	case interface {
+		Refresh(context.Context, string, credsource.Credentials) (credsource.Credentials, error)
+	}:
+		fresh, err = s.Refresh(ctx, id, rejected)
+	case interface{ Invalidate(id string) }:
+		s.Invalidate(id)
+		fresh, err = src.Fetch(ctx, id)
+	default:
+		fresh, err = src.Fetch(ctx, id)
+	}
+	if err != nil {
+		return credsource.Credentials{}, fmt.Errorf("re-fetch credentials %q: %w", id, err)
+	}
+	return fresh, nil
+}
+
+// tlsConfig returns the route's upstream TLS configuration, with the client certificate
+// from creds when the secret has one.
+func (sess *session) tlsConfig(creds credsource.Credentials) *tls.Config {
+	if len(creds.Certificate) == 0 || len(creds.PrivateKey) == 0 {
+		return sess.rs.tls
+	}
+	cert, err := tls.X509KeyPair(creds.Certificate, creds.PrivateKey)
+	if err != nil {
+		// The error text of X509KeyPair does not include key material.
+		sess.log.Error("client certificate in the secret is invalid; connecting without it",
+			"secret_id", sess.rs.route.SecretID, "err", err)
+		return sess.rs.tls
+	}
+	cfg := sess.rs.tls.Clone()
+	cfg.Certificates = []tls.Certificate{cert}
+	return cfg
+}
+
+func (sess *session) readOutcome(ctx context.Context) string {
+	if ctx.Err() != nil {
+		return outcomeLoginTimeout
+	}
+	return outcomeClientGone
+}
+
+// handshakeOutcome labels a handshake failure.
+func handshakeOutcome(ctx context.Context, err error) string {
+	var certErr *tls.CertificateVerificationError
+	var unknownAuthority x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	switch {
+	case errors.Is(err, handshake.ErrCancelRequest):
+		return outcomeCancelRequest
+	case errors.Is(err, handshake.ErrAuthFailed):
+		return outcomeAuthFailed
+	case errors.As(err, &certErr), errors.As(err, &unknownAuthority), errors.As(err, &hostErr):
+		return outcomeUpstreamTLS
+	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
+		return outcomeLoginTimeout
+	case errors.Is(err, handshake.ErrClientProtocol):
+		return outcomeClientProtocol
+	case errors.Is(err, handshake.ErrUpstreamProtocol):
+		return outcomeUpstreamProtocol
+	}
+	return outcomeHandshakeFailed
+}
+
+func (sess *session) closeLine(outcome string, toUpstream, toClient int64, err error) {
+	attrs := []any{
+		"outcome", outcome,
+		"duration", time.Since(sess.start).Round(time.Microsecond),
+		"bytes_to_upstream", toUpstream,
+		"bytes_to_client", toClient,
+	}
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	}
+	switch outcome {
+	case outcomeOK, outcomeCancelRequest, outcomeShutdown, outcomePeerRejected, outcomeBadFirstBytes:
+		sess.log.Info("session closed", attrs...)
+	case outcomeClientGone, outcomeClientProtocol, outcomeLoginTimeout:
+		sess.log.Warn("session closed", attrs...)
+	default:
+		sess.log.Error("session closed", attrs...)
+	}
+}
+
+// uidAttr shows an unknown UID as -1 rather than 4294967295.
+func uidAttr(uid uint32) int64 {
+	if uid == unknownUID {
+		return -1
+	}
+	return int64(uid)
+}
+
+func newSessionID() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// refusalLimiter keeps a client that reconnects in a loop from flooding the log: it writes
+// at most one refusal line per reason per second and counts the lines it suppressed.
+type refusalLimiter struct {
+	mu         sync.Mutex
+	last       map[string]time.Time
+	suppressed map[string]int
+}
+
+func (l *refusalLimiter) log(log *slog.Logger, reason, msg string, attrs ...any) {
+	l.mu.Lock()
+	if l.last == nil {
+		l.last = make(map[string]time.Time)
+		l.suppressed = make(map[string]int)
+	}
+	now := time.Now()
+	if now.Sub(l.last[reason]) < refusalLogInterval {
+		l.suppressed[reason]++
+		l.mu.Unlock()
+		return
+	}
+	l.last[reason] = now
+	n := l.suppressed[reason]
+	l.suppressed[reason] = 0
+	l.mu.Unlock()
+	if n > 0 {
+		attrs = append(attrs, "suppressed_since_last", n)
+	}
+	log.Warn(msg, attrs...)
+}

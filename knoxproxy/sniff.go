@@ -1,0 +1,80 @@
+package knoxproxy
+
+import "bufio"
+
+// Reasons for rejecting a client by its first bytes; they are also log and metric labels.
+const (
+	reasonHTTP     = "http_request"
+	reasonTLSHello = "tls_client_hello"
+)
+
+// httpMethods are request-line prefixes of HTTP/1.x methods. A browser page that points
+// fetch() or a form at the loopback port sends one of these first.
+var httpMethods = [][]byte{
+	[]byte("GET "), []byte("POST "), []byte("PUT "), []byte("HEAD "), []byte("DELETE "),
+	[]byte("OPTIONS "), []byte("PATCH "), []byte("CONNECT "), []byte("TRACE "),
+}
+
+// sniff reads the client's first bytes without consuming them and returns a rejection
+// reason when they are an HTTP request line or a TLS handshake record, and "" otherwise.
+//
+// For Redis, whose inline commands are plain words, an HTTP method only counts when the next
+// token looks like a request target ("/" or "http"), since "GET key" is a valid command.
+func sniff(r *bufio.Reader, redisInline bool) (string, error) {
+	first, err := r.Peek(1)
+	if err != nil {
+		return "", err
+	}
+
+	// A TLS record starts with content type 22 (handshake) and major version 3. No
+	// database protocol handled here starts that way: PostgreSQL and MongoDB begin with a
+	// length, Redis with '*' or a letter.
+	if first[0] == 0x16 {
+		ok, err := hasPrefix(r, []byte{0x16, 0x03})
+		if ok {
+			return reasonTLSHello, nil
+		}
+		return "", err
+	}
+
+	for _, m := range httpMethods {
+		if first[0] != m[0] {
+			continue
+		}
+		ok, err := hasPrefix(r, m)
+		if err != nil {
+			return "", err
+		}
+		if !ok {
+			continue
+		}
+		if !redisInline {
+			return reasonHTTP, nil
+		}
+		head, err := r.Peek(len(m) + 1)
+		if err != nil {
+			return "", err
+		}
+		if target := head[len(m)]; target == '/' || target == 'h' || target == 'H' {
+			return reasonHTTP, nil
+		}
+		return "", nil
+	}
+	return "", nil
+}
+
+// hasPrefix reports whether the stream starts with prefix, reading only as many bytes as it
+// takes to find the first difference, so a short message that differs early is never
+// waited on.
+func hasPrefix(r *bufio.Reader, prefix []byte) (bool, error) {
+	for n := 1; n <= len(prefix); n++ {
+		head, err := r.Peek(n)
+		if err != nil {
+			return false, err
+		}
+		if head[n-1] != prefix[n-1] {
+			return false, nil
+		}
+	}
+	return true, nil
+}
