@@ -3,12 +3,12 @@ package pgauth_test
 import (
 	"context"
 	"crypto/tls"
+	"io"
 	"log"
 	"net"
 	"time"
 
 	"github.com/knoxcall/dbproxy/credsource"
-	"github.com/knoxcall/dbproxy/internal/splice"
 	"github.com/knoxcall/dbproxy/pgauth"
 )
 
@@ -43,5 +43,6 @@ func Example() {
 		return
 	}
 	defer conns.Upstream.Close()
-	splice.Run(conns.Client, conns.Upstream)
+	go io.Copy(conns.Upstream, conns.Client)
+	io.Copy(conns.Client, conns.Upstream)
 }
