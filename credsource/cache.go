@@ -62,7 +62,7 @@ type cacheEntry struct {
 
 // CacheStats are counters since the Cache was created.
 type CacheStats struct {
-	// Hits counts Fetch calls answered from the cache.
+	// Hits counts Fetch and Refresh calls served from the cache.
 	Hits uint64
 	// Misses counts Fetch calls that found no valid entry and waited for a fetch.
 	Misses uint64
@@ -90,7 +90,7 @@ func (c *Cache) Fetch(ctx context.Context, id string) (Credentials, error) {
 	return c.fetchShared(ctx, id)
 }
 
-// Invalidate drops the cached credentials for id, so the next Fetch asks the wrapped Source.
+// Invalidate drops the cached credentials for id, so the next Fetch calls the wrapped Source.
 // A fetch already running for id still returns its result to its waiters but does not store
 // it.
 func (c *Cache) Invalidate(id string) {
@@ -100,9 +100,9 @@ func (c *Cache) Invalidate(id string) {
 }
 
 // Refresh fetches id again after the upstream rejected the credentials in rejected. If the
-// cache still holds rejected, Refresh drops it and fetches; if another session has already
-// refreshed the entry, Refresh returns the newer credentials without a fetch. Concurrent
-// Refresh calls after one rotation therefore share one fetch.
+// cache still contains rejected, Refresh drops the entry and fetches. If another session has
+// already refreshed the entry, Refresh returns the newer credentials without a fetch, so
+// concurrent Refresh calls after one rotation share one fetch.
 func (c *Cache) Refresh(ctx context.Context, id string, rejected Credentials) (Credentials, error) {
 	c.mu.Lock()
 	entry, ok := c.entries[id]
@@ -159,6 +159,11 @@ func (c *Cache) fetchShared(ctx context.Context, id string) (Credentials, error)
 
 	fetchCtx := context.WithoutCancel(ctx)
 	results := c.group.DoChan(id, func() (any, error) {
+		// A flight that ended between this caller's lookup and DoChan may have stored
+		// the entry already.
+		if creds, ok := c.lookup(id); ok {
+			return creds, nil
+		}
 		return c.fetchAndStore(fetchCtx, id, generation)
 	})
 	select {

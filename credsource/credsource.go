@@ -6,12 +6,15 @@
 // lets a session drop credentials that the upstream has just rejected, so a rotated password
 // is picked up on the next attempt without a restart.
 //
-// Credentials redact themselves when printed or logged: String, GoString, Format and
-// slog.LogValuer all show the user name and never the password or the private key.
+// Credentials redact themselves when printed or logged: String, GoString, Format,
+// slog.LogValuer and MarshalJSON all show the user name and never the password or the
+// private key. One gap remains: fmt prints a Credentials stored in an unexported struct
+// field without calling its methods, so never print a struct that holds one that way.
 package credsource
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -67,6 +70,17 @@ func (c Credentials) LogValue() slog.Value {
 		slog.Bool("has_password", c.Password != ""),
 		slog.Bool("has_client_certificate", len(c.Certificate) > 0),
 	)
+}
+
+// MarshalJSON encodes the same redacted fields as LogValue, so that Credentials nested in a
+// value that is logged through a JSON handler or encoded with encoding/json stay redacted.
+// Credentials cannot be read back from this form.
+func (c Credentials) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		User                 string `json:"user"`
+		HasPassword          bool   `json:"has_password"`
+		HasClientCertificate bool   `json:"has_client_certificate"`
+	}{c.Username, c.Password != "", len(c.Certificate) > 0})
 }
 
 // Equal reports whether c and other hold the same values. Sessions use it to tell whether a

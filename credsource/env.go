@@ -37,7 +37,7 @@ type Env struct {
 var _ Source = Env{}
 
 // Fetch reads the variables of the secret id. The variables are read on every call, so a
-// process that changes its own environment sees the new values at once.
+// process that changes its own environment gets the new values at once.
 func (e Env) Fetch(ctx context.Context, id string) (Credentials, error) {
 	if err := ctx.Err(); err != nil {
 		return Credentials{}, err

@@ -60,7 +60,7 @@ type File struct {
 
 var _ Source = (*File)(nil)
 
-// fileIdentity is what File compares to notice that the file changed.
+// fileIdentity is the stat data that File compares to detect a changed file.
 type fileIdentity struct {
 	modTime time.Time
 	size    int64
@@ -90,7 +90,7 @@ func (f *File) Fetch(ctx context.Context, id string) (Credentials, error) {
 	return creds.clone(), nil
 }
 
-// Check reads and validates the file now, whatever CheckInterval says, and reports the
+// Check reads and validates the file now, ignoring CheckInterval, and reports the
 // first problem. The agent calls it at start so that a broken file stops it early.
 // For a valid file that group or other users can access, the error wraps ErrFileMode.
 func (f *File) Check() error {
