@@ -181,11 +181,8 @@ func TestFakeUpstreamFaults(t *testing.T) {
 }
 
 // readFrontendMessage reads one regular message (type byte and length word) from r.
+// Both directions share the framing, so the backend message reader serves.
 func readFrontendMessage(r *bufio.Reader) ([]byte, error) {
-	return readBackendMessageForTest(r)
-}
-
-func readBackendMessageForTest(r *bufio.Reader) ([]byte, error) {
 	_, msg, err := readBackendMessage(r)
 	return msg, err
 }
@@ -358,8 +355,8 @@ func TestClientProtocolErrors(t *testing.T) {
 		wantCode string
 		wantText string
 	}{
-		{"protocol 2.0", startupBytes(2 << 16, "user", "x"), codeFeatureNotSupported, "unsupported frontend protocol 2.0"},
-		{"protocol 4.0", startupBytes(4 << 16, "user", "x"), codeFeatureNotSupported, "unsupported frontend protocol 4.0"},
+		{"protocol 2.0", startupBytes(2<<16, "user", "x"), codeFeatureNotSupported, "unsupported frontend protocol 2.0"},
+		{"protocol 4.0", startupBytes(4<<16, "user", "x"), codeFeatureNotSupported, "unsupported frontend protocol 4.0"},
 		{"length too large", []byte{0, 1, 0, 0, 0, 3, 0, 0}, codeProtocolViolation, "invalid length"},
 		{"length too small", []byte{0, 0, 0, 4}, codeProtocolViolation, "invalid length"},
 		{"missing terminator", []byte{0, 0, 0, 13, 0, 3, 0, 0, 'u', 's', 'e', 'r', 0}, codeProtocolViolation, "invalid startup packet layout"},

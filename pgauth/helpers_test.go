@@ -272,8 +272,7 @@ func startupBytes(version uint32, params ...string) []byte {
 	return msg
 }
 
-// readAllBackend reads backend messages from r until ReadyForQuery or an ErrorResponse and
-// returns them.
+// readUntilReady reads backend messages from conn up to ReadyForQuery or an ErrorResponse.
 func readUntilReady(t *testing.T, conn net.Conn) []pgproto3.BackendMessage {
 	t.Helper()
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
