@@ -6,6 +6,7 @@ import (
 
 	"github.com/knoxcall/dbproxy/credsource"
 	"github.com/knoxcall/dbproxy/internal/handshake"
+	"github.com/knoxcall/dbproxy/pgauth"
 )
 
 // protocol is what the core needs from a protocol package.
@@ -25,7 +26,7 @@ type protocol struct {
 
 // protocols maps Route.Protocol to its implementation.
 var protocols = map[string]protocol{
-	"postgres": {clientSpeaksFirst: true},
+	"postgres": {handshake: pgauth.Handshake, reject: pgauth.Reject, clientSpeaksFirst: true},
 	"mysql":    {},
 	"mongodb":  {clientSpeaksFirst: true},
 	"redis":    {clientSpeaksFirst: true, redisInline: true},
