@@ -237,7 +237,12 @@ func legacyHello() bsoncore.Document {
 		AppendInt32("isMaster", 1).
 		AppendBoolean("helloOk", true).
 		AppendDocument("client", clientMetadata()).
+		AppendArray("compression", bsoncore.BuildArray(nil, stringValue("zstd"), stringValue("zlib"))).
 		Build()
+}
+
+func stringValue(s string) bsoncore.Value {
+	return bsoncore.Value{Type: bsontype.String, Data: bsoncore.AppendString(nil, s)}
 }
 
 // handshakeResult is what runFakeHandshake observed.
@@ -335,7 +340,10 @@ func (b *lockedBuffer) String() string {
 var appCreds = credsource.Credentials{Username: "app", Password: "secret", AuthSource: "appdb"}
 
 func TestHandshakeSCRAMSHA1Only(t *testing.T) {
-	server := startFakeServer(t, scriptSCRAM([]string{mechanismSHA1}, "secret"))
+	compression := func(b *bsoncore.DocumentBuilder) {
+		b.AppendArray("compression", bsoncore.BuildArray(nil, stringValue("zstd")))
+	}
+	server := startFakeServer(t, scriptSCRAM([]string{mechanismSHA1}, "secret", compression))
 	got := runFakeHandshake(t, server, appCreds, queryHello(77, legacyHello()), 5*time.Second, nil)
 	if got.err != nil {
 		t.Fatalf("Handshake: %v", got.err)
@@ -352,6 +360,9 @@ func TestHandshakeSCRAMSHA1Only(t *testing.T) {
 	if ok, _ := got.reply.Lookup("ismaster").BooleanOK(); !ok {
 		t.Errorf("client reply lacks ismaster: true: %v", got.reply)
 	}
+	if chosen, _ := got.reply.Lookup("compression").ArrayOK(); chosen.String() != `["zstd"]` {
+		t.Errorf("client reply compression = %v, want [\"zstd\"]", chosen)
+	}
 
 	cmds := server.commands()
 	var names []string
@@ -367,6 +378,9 @@ func TestHandshakeSCRAMSHA1Only(t *testing.T) {
 	}
 	if app, _ := hello.body.Lookup("client", "application", "name").StringValueOK(); app != "fake-test" {
 		t.Errorf("upstream hello client.application.name = %q, want fake-test", app)
+	}
+	if offered, _ := hello.body.Lookup("compression").ArrayOK(); offered.String() != `["zstd","zlib"]` {
+		t.Errorf("upstream hello compression = %v, want the client's [\"zstd\",\"zlib\"]", offered)
 	}
 	if mechs, _ := hello.body.Lookup("saslSupportedMechs").StringValueOK(); mechs != "appdb.app" {
 		t.Errorf("upstream hello saslSupportedMechs = %q, want appdb.app", mechs)
