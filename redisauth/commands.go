@@ -1,0 +1,440 @@
+package redisauth
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+)
+
+// Limits of the client command stream. They mirror Redis 7.0 (server.h and
+// processMultibulkBuffer in networking.c), so the agent splits the stream into the same
+// commands as the server does.
+const (
+	// maxInlineLen is PROTO_INLINE_MAX_SIZE: the longest inline command line Redis accepts.
+	maxInlineLen = 64 * 1024
+	// maxBulkLen is the default proto-max-bulk-len (512 MB). A server configured with a
+	// larger limit still gets bulk strings of at most this size through the agent.
+	maxBulkLen = 512 * 1024 * 1024
+	// maxMultibulkLen is INT_MAX, above which Redis 7 reports "invalid multibulk length".
+	maxMultibulkLen = math.MaxInt32
+	// maxHeaderLen bounds a "*N\r\n" or "$N\r\n" line: a sign, 19 digits of a 64-bit
+	// integer, the type byte and CRLF. Longer lines cannot hold a number Redis accepts.
+	maxHeaderLen = 1 + 1 + 19 + 2
+	// readBufferSize is the client read buffer per session. Inline commands longer than
+	// this pass through unchanged unless they are AUTH, HELLO or RESET (see inlineCommand).
+	readBufferSize = 16 * 1024
+)
+
+// errNeedMore tells Read to return the bytes it already has instead of blocking.
+var errNeedMore = errors.New("need more input")
+
+// commandKind says how the arguments of the current command are handled.
+type commandKind uint8
+
+const (
+	commandPass  commandKind = iota // copy every argument through
+	commandDrop                     // read and drop every argument: AUTH, RESET
+	commandHello                    // HELLO: rewrite the values of its AUTH clause
+)
+
+// commandReader reads the client's command stream and returns it with the credentials in
+// AUTH and HELLO replaced by the stored ones and RESET replaced by a command that the
+// server rejects. Commands are RESP arrays of bulk strings or inline command lines. Bytes
+// of other commands are returned unchanged and bulk payloads stream through without being
+// buffered whole.
+type commandReader struct {
+	in    *bufio.Reader
+	route string
+
+	// Pre-encoded replacements, built once per session.
+	authCommand  []byte // AUTH with the stored credentials
+	helloUser    []byte // the stored user name as a bulk string (default when empty)
+	helloPass    []byte // the stored password as a bulk string
+	resetCommand []byte // the command that makes the server reject RESET
+
+	out    []byte // rewritten bytes not yet returned, from outPos on
+	outPos int
+	raw    int64 // bytes of the input to return unchanged
+	drop   int64 // bytes of the input to read and discard
+
+	kind      commandKind
+	argsLeft  int  // arguments of the current array not yet read
+	argIndex  int  // index of the next argument
+	helloVals int  // values of a HELLO AUTH clause still to replace (2: user, 1: password)
+	helloKeep bool // the next argument is the SETNAME value
+	helloBad  bool // an invalid HELLO option was seen: the rest become empty strings
+
+	inlineOpen bool  // an inline line is being streamed through (see streamInline)
+	inlineLen  int64 // bytes of that line returned so far
+	inlineNull bool  // that line contains a NUL byte
+	closing    bool  // a protocol error was forwarded: discard the rest of the input
+
+	user, password string // the stored credentials, for inline HELLO
+}
+
+func newCommandReader(r io.Reader, route, user, password string) *commandReader {
+	cr := &commandReader{in: bufio.NewReaderSize(r, readBufferSize), route: route}
+	cr.password = password
+	if user == "" {
+		cr.authCommand = appendCommand(nil, "AUTH", password)
+		user = "default" // HELLO's AUTH clause always names a user.
+	} else {
+		cr.authCommand = appendCommand(nil, "AUTH", user, password)
+	}
+	cr.user = user
+	cr.helloUser = appendBulk(nil, user)
+	cr.helloPass = appendBulk(nil, password)
+	cr.resetCommand = rejectionCommand(route, "RESET is not supported because it would log the session out; reconnect instead")
+	return cr
+}
+
+// Read fills p with rewritten command bytes. It never blocks while it holds bytes for p.
+func (r *commandReader) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		wait := n == 0
+		var err error
+		switch {
+		case r.outPos < len(r.out):
+			c := copy(p[n:], r.out[r.outPos:])
+			n += c
+			r.outPos += c
+			if r.outPos == len(r.out) {
+				r.out, r.outPos = r.out[:0], 0
+			}
+			continue
+		case r.raw > 0:
+			if !wait && r.in.Buffered() == 0 {
+				return n, nil
+			}
+			k := int64(len(p) - n)
+			if k > r.raw {
+				k = r.raw
+			}
+			var m int
+			m, err = r.in.Read(p[n : n+int(k)])
+			n += m
+			r.raw -= int64(m)
+		case r.drop > 0:
+			err = r.discard(wait)
+		case r.inlineOpen:
+			var m int
+			m, err = r.streamInline(p[n:], wait)
+			n += m
+		case r.closing:
+			r.drop = math.MaxInt64
+			continue
+		case r.argsLeft > 0:
+			err = r.nextArgument(wait)
+		default:
+			err = r.nextCommand(wait)
+		}
+		if err == errNeedMore {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// discard drops buffered input for r.drop, reading more only when wait is true.
+func (r *commandReader) discard(wait bool) error {
+	k := int64(r.in.Buffered())
+	if k == 0 {
+		if !wait {
+			return errNeedMore
+		}
+		if _, err := r.in.Peek(1); err != nil {
+			return err
+		}
+		k = int64(r.in.Buffered())
+	}
+	if k > r.drop {
+		k = r.drop
+	}
+	m, err := r.in.Discard(int(k))
+	r.drop -= int64(m)
+	return err
+}
+
+// peekLine returns the length of the header line at offset off of the buffered input,
+// ending after the byte that follows its '\r' as Redis's parser ends it.
+func (r *commandReader) peekLine(off int, wait bool) (int, error) {
+	for {
+		buf, _ := r.in.Peek(r.in.Buffered())
+		buf = buf[off:]
+		if i := bytes.IndexByte(buf, '\r'); i >= 0 && i+1 < len(buf) {
+			if i+2 > maxHeaderLen {
+				return 0, errHeaderTooLong
+			}
+			return i + 2, nil
+		}
+		if len(buf) >= maxHeaderLen {
+			return 0, errHeaderTooLong
+		}
+		if !wait {
+			return 0, errNeedMore
+		}
+		if _, err := r.in.Peek(off + len(buf) + 1); err != nil {
+			return 0, err
+		}
+	}
+}
+
+var errHeaderTooLong = errors.New("header line too long")
+
+// peek returns the next n buffered bytes, reading more only when wait is true.
+func (r *commandReader) peek(n int, wait bool) ([]byte, error) {
+	if r.in.Buffered() < n && !wait {
+		return nil, errNeedMore
+	}
+	return r.in.Peek(n)
+}
+
+// nextCommand reads the start of the next command: an array header and its first
+// argument, the command name, or an inline command line.
+func (r *commandReader) nextCommand(wait bool) error {
+	first, err := r.peek(1, wait)
+	if err != nil {
+		return err
+	}
+	if first[0] != '*' {
+		return r.inlineCommand(wait)
+	}
+
+	headerLen, err := r.peekLine(0, wait)
+	if err != nil {
+		return r.protocolError(err, "invalid multibulk length")
+	}
+	header, _ := r.in.Peek(headerLen)
+	count, ok := parseInteger(header[1 : headerLen-2])
+	if !ok || count > maxMultibulkLen {
+		return r.protocolError(nil, "invalid multibulk length")
+	}
+	if count <= 0 {
+		// Redis skips an empty array without a reply.
+		r.raw = int64(headerLen)
+		return nil
+	}
+
+	// The command name decides how the arguments are handled.
+	nameHeaderLen, err := r.peekLine(headerLen, wait)
+	if err != nil {
+		return r.protocolError(err, "invalid bulk length")
+	}
+	nameHeader, _ := r.in.Peek(headerLen + nameHeaderLen)
+	nameHeader = nameHeader[headerLen:]
+	size, err := bulkSize(nameHeader)
+	if err != nil {
+		return r.protocolError(nil, err.Error())
+	}
+	kind, total := commandPass, int64(headerLen+nameHeaderLen)+size+2
+	if size == 4 || size == 5 {
+		buf, err := r.peek(headerLen+nameHeaderLen+int(size), wait)
+		if err != nil {
+			return err
+		}
+		kind = r.classify(buf[headerLen+nameHeaderLen:], int(count))
+	}
+	r.argsLeft, r.argIndex = int(count)-1, 1
+	r.kind = kind
+	if kind == commandPass || kind == commandHello {
+		r.raw = total
+	} else {
+		r.drop = total
+	}
+	return nil
+}
+
+// classify returns how to handle a command named name with count elements, and queues
+// the replacement for AUTH and RESET.
+func (r *commandReader) classify(name []byte, count int) commandKind {
+	switch {
+	case bytes.EqualFold(name, []byte("AUTH")):
+		if count == 2 || count == 3 {
+			r.out = append(r.out, r.authCommand...)
+		} else {
+			// Redis rejects other arities: keep the error without sending the client's values.
+			r.out = appendCommand(r.out, "AUTH")
+		}
+		return commandDrop
+	case bytes.EqualFold(name, []byte("RESET")):
+		r.out = append(r.out, r.resetCommand...)
+		return commandDrop
+	case bytes.EqualFold(name, []byte("HELLO")):
+		r.helloVals, r.helloKeep, r.helloBad = 0, false, false
+		return commandHello
+	}
+	return commandPass
+}
+
+// nextArgument reads the header of the next bulk string of the current command.
+func (r *commandReader) nextArgument(wait bool) error {
+	headerLen, err := r.peekLine(0, wait)
+	if err != nil {
+		return r.protocolError(err, "invalid bulk length")
+	}
+	header, _ := r.in.Peek(headerLen)
+	size, err := bulkSize(header)
+	if err != nil {
+		return r.protocolError(nil, err.Error())
+	}
+	total := int64(headerLen) + size + 2
+	index := r.argIndex
+	r.argIndex++
+	r.argsLeft--
+
+	switch r.kind {
+	case commandPass:
+		r.raw = total
+	case commandDrop:
+		r.drop = total
+	case commandHello:
+		return r.helloArgument(index, headerLen, size, total, wait)
+	}
+	return nil
+}
+
+// helloArgument handles argument index of HELLO [protover [AUTH username password]
+// [SETNAME clientname]], walking the options as Redis 7.0's helloCommand does.
+func (r *commandReader) helloArgument(index, headerLen int, size, total int64, wait bool) error {
+	switch {
+	case index == 1 || r.helloKeep:
+		r.helloKeep = false
+		r.raw = total
+	case r.helloVals == 2:
+		r.helloVals--
+		r.drop = total
+		r.out = append(r.out, r.helloUser...)
+	case r.helloVals == 1:
+		r.helloVals--
+		r.drop = total
+		r.out = append(r.out, r.helloPass...)
+	case !r.helloBad && (size == 4 || size == 7):
+		buf, err := r.peek(headerLen+int(size), wait)
+		if err != nil {
+			// Undo the bookkeeping so that the argument is read again.
+			r.argIndex--
+			r.argsLeft++
+			return err
+		}
+		option := buf[headerLen:]
+		switch {
+		case bytes.EqualFold(option, []byte("AUTH")) && r.argsLeft >= 2:
+			r.helloVals = 2
+			r.raw = total
+		case bytes.EqualFold(option, []byte("SETNAME")) && r.argsLeft >= 1:
+			r.helloKeep = true
+			r.raw = total
+		default:
+			r.replaceEmpty(total)
+		}
+	default:
+		r.replaceEmpty(total)
+	}
+	return nil
+}
+
+// replaceEmpty drops an argument of an invalid HELLO and sends an empty string in its
+// place. The server then reports the syntax error at this option and never sees the
+// values that follow, which may be credentials.
+func (r *commandReader) replaceEmpty(total int64) {
+	r.helloBad = true
+	r.drop = total
+	r.out = append(r.out, "$0\r\n\r\n"...)
+}
+
+// bulkSize parses a "$N\r\n" header the way Redis does: the two bytes after the number
+// are not checked.
+func bulkSize(header []byte) (int64, error) {
+	if len(header) < 3 || header[0] != '$' {
+		return 0, errExpectedBulk
+	}
+	size, ok := parseInteger(header[1 : len(header)-2])
+	if !ok || size < 0 || size > maxBulkLen {
+		return 0, errInvalidBulkLen
+	}
+	return size, nil
+}
+
+var (
+	errExpectedBulk   = errors.New("expected '$'")
+	errInvalidBulkLen = errors.New("invalid bulk length")
+)
+
+// protocolError handles input that Redis would reject with a protocol error. The agent
+// cannot tell for sure where the next command starts, so it forwards a command that the
+// server rejects with the reason, followed by a frame that makes the server reply with a
+// protocol error and close the connection. The rest of the input is discarded.
+func (r *commandReader) protocolError(err error, reason string) error {
+	if err != nil && err != errHeaderTooLong {
+		// A read error or errNeedMore: no verdict yet.
+		return err
+	}
+	r.out = append(r.out, rejectionCommand(r.route, "protocol error: "+reason)...)
+	r.out = append(r.out, "*1\r\n?\r\n"...) // Redis: "Protocol error: expected '$', got '?'"
+	r.argsLeft, r.raw, r.drop = 0, 0, 0
+	r.closing = true
+	return nil
+}
+
+// rejectionCommand encodes a command that no Redis server knows, so the server replies
+// "-ERR unknown command 'dbproxy', with args beginning with: '<reason>'" in order with
+// the replies to pipelined commands. Redis 7.0 shows at most 128 bytes of the reason.
+func rejectionCommand(route, reason string) []byte {
+	return appendCommand(nil, "dbproxy", fmt.Sprintf("route %q: %s", route, reason))
+}
+
+// appendCommand appends args encoded as a RESP array of bulk strings.
+func appendCommand(dst []byte, args ...string) []byte {
+	dst = append(dst, '*')
+	dst = strconv.AppendInt(dst, int64(len(args)), 10)
+	dst = append(dst, '\r', '\n')
+	for _, a := range args {
+		dst = appendBulk(dst, a)
+	}
+	return dst
+}
+
+func appendBulk(dst []byte, s string) []byte {
+	dst = append(dst, '$')
+	dst = strconv.AppendInt(dst, int64(len(s)), 10)
+	dst = append(dst, '\r', '\n')
+	dst = append(dst, s...)
+	return append(dst, '\r', '\n')
+}
+
+// parseInteger parses b as Redis's string2ll does: an optional '-', no '+', no leading
+// zeros, and a value that fits in 64 bits.
+func parseInteger(b []byte) (int64, bool) {
+	if len(b) == 1 && b[0] == '0' {
+		return 0, true
+	}
+	neg := len(b) > 0 && b[0] == '-'
+	if neg {
+		b = b[1:]
+	}
+	if len(b) == 0 || b[0] < '1' || b[0] > '9' || len(b) > 19 {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + uint64(c-'0')
+	}
+	if v > math.MaxInt64+uint64(1) || (!neg && v > math.MaxInt64) {
+		return 0, false
+	}
+	if neg {
+		return -int64(v), true
+	}
+	return int64(v), true
+}
