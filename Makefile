@@ -1,0 +1,45 @@
+# dbproxy: build, demo and test targets. `make test` installs what the tests need (as root),
+# so it runs the same on a fresh machine as in CI.
+
+GO        ?= go
+CACHE     := $(CURDIR)/.cache
+FERRETDB  := $(CACHE)/ferretdb/ferretdb-v1.24.2
+MONGOSH   := $(CACHE)/mongosh/node_modules/.bin/mongosh
+# Each fuzz target runs this long in `make test`; raise it for a deeper search.
+FUZZTIME  ?= 10s
+
+export DBPROXY_FERRETDB := $(FERRETDB)
+export DBPROXY_MONGOSH  := $(MONGOSH)
+
+.PHONY: all build demo test deps unit fuzz vet clean
+
+all: build
+
+build:
+	$(GO) build -o bin/agent ./cmd/agent
+
+## demo: run the agent in front of a throwaway PostgreSQL and query through it with psql.
+demo:
+	scripts/demo.sh
+
+## test: install the servers, then run vet, every test with the race detector, and short fuzz runs.
+test: deps vet unit fuzz
+
+deps:
+	scripts/install-test-deps.sh
+	scripts/build-ferretdb.sh $(FERRETDB)
+	scripts/install-mongosh.sh $(CACHE)/mongosh
+
+vet:
+	@unformatted=$$(gofmt -l . | grep -v '^.cache/'); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+fuzz:
+	scripts/fuzz.sh $(FUZZTIME)
+
+clean:
+	rm -rf bin
