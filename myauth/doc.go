@@ -1,0 +1,62 @@
+// Package myauth runs the login phase of the MySQL client/server protocol (MySQL 5.7 and 8,
+// MariaDB 10 and 11) for the agent: the application logs in to the agent without a password,
+// and the agent logs in to the real server with the route's stored credentials over TLS.
+//
+// # Login
+//
+// The server speaks first, so Handshake reads the upstream's Handshake v10 and greets the
+// client with the same server version, connection id, character set, status flags,
+// capabilities (less CLIENT_SSL: the loopback leg is plaintext) and default plugin name, but a
+// scramble of its own. Drivers branch on the version string and the plugin, so the greeting
+// is the server's. The client's HandshakeResponse41 supplies the database, character set, max
+// packet size, connection attributes and capabilities; its user name and auth response are
+// ignored, and the client never gets an AuthSwitchRequest or a request for a password or an
+// RSA key.
+//
+// Upstream, the agent sends an SSLRequest, starts TLS with Options.TLSConfig (a server without
+// TLS is an error) and sends a HandshakeResponse41 as the stored user with the capabilities
+// both the client and the server have, plus CLIENT_SSL and CLIENT_PLUGIN_AUTH. Flags that
+// shape the command stream (CLIENT_DEPRECATE_EOF, CLIENT_COMPRESS, CLIENT_ZSTD_COMPRESSION_ALGORITHM
+// and its level, CLIENT_SESSION_TRACK, CLIENT_QUERY_ATTRIBUTES, MariaDB's extended
+// capabilities, ...) are therefore the same on both legs, and the splice can copy bytes
+// unchanged. Supported plugins: caching_sha2_password (fast path, and full authentication
+// by sending the password inside TLS), mysql_native_password, sha256_password and
+// mysql_clear_password (inside TLS), and MariaDB's client_ed25519, also after an
+// AuthSwitchRequest. Any other plugin fails with an error wrapping ErrUnsupportedPlugin that
+// names it.
+//
+// The server's OK or ERR reaches the client with the sequence id the client expects. A 1045
+// (access denied) is retried once through Options.Redial when it is set.
+//
+// # Errors sent to the client
+//
+// Handshake reports every failure to the client as an ERR packet before it returns: the
+// server's own ERR, or one written by the agent with code 1043 and SQLSTATE 08S01 (upstream
+// unreachable, TLS failure, protocol error) that names the route. Reject writes the same
+// packet, or 1045 with SQLSTATE 28000 when the credentials are not found, as the first
+// packet of the connection. Callers use Reject only when they do not call Handshake.
+//
+// # After login
+//
+// COM_RESET_CONNECTION passes through. COM_CHANGE_USER would make the server re-authenticate
+// with the client's credentials, which it does not have; on an uncompressed session the
+// agent answers it with ERR 1235 (SQLSTATE 42000) naming COM_RESET_CONNECTION instead. On a
+// compressed session it is forwarded and the server rejects it (see clientConn).
+//
+// # Health probes and max_connect_errors
+//
+// A client that connects and leaves before logging in would leave an upstream connection
+// that ended during the login phase, which the server counts against max_connect_errors
+// until it blocks the agent's host (error 1129). Handshake ends such connections by logging
+// in as the stored user and sending COM_QUIT, within 5 seconds after the client left.
+//
+// # Limits
+//
+//   - Clients must speak protocol 4.1; a HandshakeResponse320 gets ERR 1251.
+//   - The client leg never offers TLS: an SSLRequest from the client gets an ERR.
+//   - A TLS failure upstream, or a rejection of the stored credentials, still ends an upstream
+//     connection during the login phase and counts against max_connect_errors.
+//   - The login packets are framed here rather than with go-mysql's packet.Conn, which reads
+//     ahead into its own buffer and has no length limit. go-mysql supplies the constants and
+//     the scramble functions.
+package myauth

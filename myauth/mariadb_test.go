@@ -1,0 +1,357 @@
+package myauth
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	gomysql "github.com/go-sql-driver/mysql"
+
+	"github.com/knoxcall/dbproxy/credsource"
+	"github.com/knoxcall/dbproxy/internal/dbtest"
+)
+
+// TestMariaDB runs real clients through the agent against MariaDB 10.11 with TLS required
+// (require_secure_transport) and users on mysql_native_password and ed25519.
+func TestMariaDB(t *testing.T) {
+	m := dbtest.StartMariaDB(t, dbtest.MariaDBOptions{Args: []string{"--max-allowed-packet=256M"}})
+	tlsConf := m.Certs.ClientTLS("127.0.0.1")
+	proxies := map[string]*testProxy{}
+	for _, user := range []string{"native", "ed"} {
+		proxies[user] = startProxy(t, proxyConfig{upstream: m.Addr(), tls: tlsConf,
+			creds: credsource.Credentials{Username: user, Password: "secret"}})
+	}
+
+	t.Run("go driver", func(t *testing.T) {
+		for _, user := range []string{"native", "ed"} {
+			for _, params := range []string{"", "compress=true", "multiStatements=true", "interpolateParams=true",
+				"compress=true&multiStatements=true&interpolateParams=true"} {
+				t.Run(user+"/"+params, func(t *testing.T) {
+					db := openDB(t, proxies[user].Addr, params)
+					var current, sslVersion, name string
+					if err := db.QueryRow("SELECT CURRENT_USER()").Scan(&current); err != nil {
+						t.Fatal(err)
+					}
+					if current != user+"@%" {
+						t.Errorf("CURRENT_USER() = %q, want %q", current, user+"@%")
+					}
+					if err := db.QueryRow("SHOW SESSION STATUS LIKE 'Ssl_version'").Scan(&name, &sslVersion); err != nil {
+						t.Fatal(err)
+					}
+					if !strings.HasPrefix(sslVersion, "TLSv1.") {
+						t.Errorf("upstream Ssl_version = %q, want TLSv1.x", sslVersion)
+					}
+					var sum int
+					if err := db.QueryRow("SELECT ? + 1", 41).Scan(&sum); err != nil {
+						t.Fatal(err)
+					}
+					if sum != 42 {
+						t.Errorf("SELECT ? + 1 = %d, want 42", sum)
+					}
+					if strings.Contains(params, "multiStatements") {
+						if _, err := db.Exec("DO 1; DO 2; DO 3"); err != nil {
+							t.Errorf("multi statement: %v", err)
+						}
+					}
+				})
+			}
+		}
+	})
+
+	t.Run("load data local infile", func(t *testing.T) {
+		m.Exec(t, "CREATE TABLE appdb.infile_rows (id INT, name VARCHAR(40))")
+		const rows = 20000
+		gomysql.RegisterReaderHandler("rows", func() io.Reader {
+			var b bytes.Buffer
+			for i := range rows {
+				fmt.Fprintf(&b, "%d\trow-%d\n", i, i)
+			}
+			return &b
+		})
+		t.Cleanup(func() { gomysql.DeregisterReaderHandler("rows") })
+		for _, params := range []string{"", "compress=true"} {
+			t.Run("params="+params, func(t *testing.T) {
+				db := openDB(t, proxies["native"].Addr, params)
+				if _, err := db.Exec("DELETE FROM infile_rows"); err != nil {
+					t.Fatal(err)
+				}
+				res, err := db.Exec("LOAD DATA LOCAL INFILE 'Reader::rows' INTO TABLE infile_rows")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n, _ := res.RowsAffected(); n != rows {
+					t.Errorf("rows affected = %d, want %d", n, rows)
+				}
+				var count int
+				if err := db.QueryRow("SELECT COUNT(*) FROM infile_rows").Scan(&count); err != nil {
+					t.Fatal(err)
+				}
+				if count != rows {
+					t.Errorf("count = %d, want %d", count, rows)
+				}
+			})
+		}
+	})
+
+	t.Run("64 MiB blob", func(t *testing.T) {
+		m.Exec(t, "CREATE TABLE appdb.blobs (id INT PRIMARY KEY, b LONGBLOB)")
+		blob := make([]byte, 64<<20)
+		rand.Read(blob)
+		want := sha256.Sum256(blob)
+		for i, params := range []string{"maxAllowedPacket=0", "maxAllowedPacket=0&compress=true"} {
+			t.Run(params, func(t *testing.T) {
+				db := openDB(t, proxies["ed"].Addr, params)
+				if _, err := db.Exec("INSERT INTO blobs VALUES (?, ?)", i, blob); err != nil {
+					t.Fatal(err)
+				}
+				var serverSum string
+				var back []byte
+				if err := db.QueryRow("SELECT SHA2(b, 256), b FROM blobs WHERE id = ?", i).Scan(&serverSum, &back); err != nil {
+					t.Fatal(err)
+				}
+				if serverSum != hex.EncodeToString(want[:]) {
+					t.Errorf("server SHA2 = %s, want %x", serverSum, want)
+				}
+				if got := sha256.Sum256(back); got != want {
+					t.Errorf("read back %d bytes with sha256 %x, want %x", len(back), got, want)
+				}
+			})
+		}
+	})
+
+	t.Run("cli", func(t *testing.T) {
+		for _, user := range []string{"native", "ed"} {
+			for _, extra := range [][]string{nil, {"--compress"}} {
+				args := append([]string{"--no-defaults", "-h", "127.0.0.1", "-P", port(t, proxies[user].Addr),
+					"-u", "app", "-N", "-B", "appdb", "-e",
+					"SELECT CURRENT_USER(); SHOW SESSION STATUS LIKE 'Ssl_version'"}, extra...)
+				out, err := exec.Command("mariadb", args...).CombinedOutput()
+				if err != nil {
+					t.Fatalf("mariadb %v: %v\n%s", extra, err, out)
+				}
+				if !strings.Contains(string(out), user+"@%") {
+					t.Errorf("mariadb %v output %q, want %s@%%", extra, out, user)
+				}
+				if !strings.Contains(string(out), "TLSv1.") {
+					t.Errorf("mariadb %v output %q, want an upstream TLS version", extra, out)
+				}
+			}
+		}
+	})
+
+	t.Run("wrong password", func(t *testing.T) {
+		p := startProxy(t, proxyConfig{upstream: m.Addr(), tls: tlsConf,
+			creds: credsource.Credentials{Username: "native", Password: "wrong"},
+			redial: func(ctx context.Context) (net.Conn, credsource.Credentials, error) {
+				return nil, credsource.Credentials{}, fmt.Errorf("refetch: %w", ErrCredentialsUnchanged)
+			}})
+		err := openDB(t, p.Addr, "").Ping()
+		if got := mysqlErrorNumber(err); got != 1045 {
+			t.Fatalf("ping error %v (number %d), want 1045", err, got)
+		}
+		waitFor(t, func() bool { return len(p.Errors()) > 0 })
+		errs := p.Errors()
+		if len(errs) != 1 || !errors.Is(errs[0], ErrAuthFailed) {
+			t.Errorf("handshake errors %v, want one wrapping ErrAuthFailed", errs)
+		}
+	})
+
+	t.Run("redial with new password", func(t *testing.T) {
+		redials := 0
+		p := startProxy(t, proxyConfig{upstream: m.Addr(), tls: tlsConf,
+			creds: credsource.Credentials{Username: "native", Password: "old"},
+			redial: func(ctx context.Context) (net.Conn, credsource.Credentials, error) {
+				redials++
+				c, err := (&net.Dialer{}).DialContext(ctx, "tcp", m.Addr())
+				return c, credsource.Credentials{Username: "native", Password: "secret"}, err
+			}})
+		if err := openDB(t, p.Addr, "").Ping(); err != nil {
+			t.Fatalf("ping after redial: %v", err)
+		}
+		if redials != 1 {
+			t.Errorf("redials = %d, want 1", redials)
+		}
+	})
+
+	t.Run("unknown database", func(t *testing.T) {
+		db := openDB(t, proxies["native"].Addr, "")
+		db.SetMaxIdleConns(0)
+		_, err := db.Exec("USE appdb") // the pool dials with appdb; now try a missing one
+		if err != nil {
+			t.Fatal(err)
+		}
+		dsn := fmt.Sprintf("app@tcp(%s)/nosuchdb?timeout=5s", proxies["native"].Addr)
+		db2, _ := sql.Open("mysql", dsn)
+		defer db2.Close()
+		err = db2.Ping()
+		if got := mysqlErrorNumber(err); got != 1049 && got != 1044 {
+			t.Errorf("ping error %v (number %d), want 1049 or 1044", err, got)
+		}
+	})
+
+	t.Run("change user and reset connection", func(t *testing.T) {
+		c := rawLogin(t, proxies["native"].Addr, 0)
+		// COM_RESET_CONNECTION passes through to the server.
+		if p := rawCommand(t, c, []byte{0x1f}); p[0] != 0x00 {
+			t.Errorf("COM_RESET_CONNECTION reply %x, want OK", p)
+		}
+		// COM_CHANGE_USER: user, auth response length 0, database, charset, plugin.
+		change := append([]byte{0x11}, "native\x00\x00appdb\x00\x21\x00mysql_native_password\x00"...)
+		p := rawCommand(t, c, change)
+		if p[0] != 0xff {
+			t.Fatalf("COM_CHANGE_USER reply %x, want ERR", p)
+		}
+		serr := parseErrPacket(p)
+		if serr.Code != 1235 || !strings.Contains(serr.Message, "COM_RESET_CONNECTION") {
+			t.Errorf("COM_CHANGE_USER error %v, want 1235 naming COM_RESET_CONNECTION", serr)
+		}
+		// The session still works.
+		if p := rawCommand(t, c, []byte{0x0e}); p[0] != 0x00 {
+			t.Errorf("COM_PING after COM_CHANGE_USER reply %x, want OK", p)
+		}
+	})
+
+	t.Run("upstream down", func(t *testing.T) {
+		closed := "127.0.0.1:" + strconv.Itoa(dbtest.FreePort(t))
+		p := startProxy(t, proxyConfig{upstream: closed, tls: tlsConf,
+			creds: credsource.Credentials{Username: "native", Password: "secret"}})
+		start := time.Now()
+		err := openDB(t, p.Addr, "").Ping()
+		var me *gomysql.MySQLError
+		if !errors.As(err, &me) {
+			t.Fatalf("ping error %v, want a MySQL error", err)
+		}
+		if me.SQLState != [5]byte{'0', '8', 'S', '0', '1'} || !strings.Contains(me.Message, `"test-route"`) {
+			t.Errorf("error %v (state %s), want 08S01 naming the route", me, me.SQLState)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("error took %v, want it promptly", d)
+		}
+	})
+}
+
+// TestMariaDBProbesKeepHostUnblocked checks that clients that connect to the agent and leave
+// before logging in do not get the agent's host blocked by max_connect_errors.
+func TestMariaDBProbesKeepHostUnblocked(t *testing.T) {
+	m := dbtest.StartMariaDB(t, dbtest.MariaDBOptions{Args: []string{"--max-connect-errors=2"}, NameResolve: true})
+	p := startProxy(t, proxyConfig{upstream: m.Addr(), tls: m.Certs.ClientTLS("127.0.0.1"),
+		creds: credsource.Credentials{Username: "native", Password: "secret"}})
+	for i := range 6 {
+		c, err := net.Dial("tcp", p.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			readPacket(c, maxGreetingLen) // read the greeting, then leave
+		}
+		c.Close()
+	}
+	waitFor(t, func() bool { return len(p.Errors()) == 6 })
+	if err := openDB(t, p.Addr, "").Ping(); err != nil {
+		t.Fatalf("login after probes: %v", err)
+	}
+	if got := m.Exec(t, "SELECT IFNULL(SUM(SUM_CONNECT_ERRORS), 0) FROM performance_schema.host_cache"); got != "0" {
+		t.Logf("host_cache connect errors: %s", got)
+	}
+
+	// Control: the same probes straight at the server do block the host, so the check above
+	// can fail.
+	for range 3 {
+		c, err := net.Dial("tcp", m.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		readPacket(c, maxGreetingLen)
+		c.Close()
+	}
+	time.Sleep(200 * time.Millisecond)
+	c, err := net.Dial("tcp", m.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, pkt, err := readPacket(c, maxGreetingLen)
+	if err != nil || pkt[0] != 0xff || parseErrPacket(pkt).Code != 1129 {
+		t.Errorf("direct probes: next connection got %x, %v; want ERR 1129 (host blocked)", pkt, err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 15 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func port(t *testing.T, addr string) string {
+	t.Helper()
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// rawLogin logs in through the agent with hand-built packets and the given extra capability
+// flags, and returns the connection in the command phase.
+func rawLogin(t *testing.T, addr string, extraCaps uint32) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, p, err := readPacket(c, maxGreetingLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := parseGreeting(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := &response{capabilities: g.capabilities&(0x000fffff) | extraCaps, maxPacketSize: 1 << 24,
+		charset: 33, database: "appdb"}
+	resp.capabilities |= 1 << 3 // CLIENT_CONNECT_WITH_DB
+	resp.capabilities &^= 1<<11 | 1<<5 // CLIENT_SSL, CLIENT_COMPRESS
+	if err := writePacket(c, 1, resp.marshal("app", nil, "mysql_native_password", false)); err != nil {
+		t.Fatal(err)
+	}
+	_, p, err = readPacket(c, maxServerPacketLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p[0] != 0x00 {
+		t.Fatalf("login reply %x, want OK", p)
+	}
+	return c
+}
+
+// rawCommand sends one command packet and returns the first reply packet.
+func rawCommand(t *testing.T, c net.Conn, cmd []byte) []byte {
+	t.Helper()
+	if err := writePacket(c, 0, cmd); err != nil {
+		t.Fatal(err)
+	}
+	_, p, err := readPacket(c, maxServerPacketLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

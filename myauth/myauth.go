@@ -1,0 +1,365 @@
+package myauth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/knoxcall/dbproxy/credsource"
+	"github.com/knoxcall/dbproxy/internal/handshake"
+)
+
+// Options configure one Handshake; see handshake.Options.
+type Options = handshake.Options
+
+// Conns are the connections a finished Handshake hands to the splice.
+type Conns = handshake.Conns
+
+// Errors that Handshake wraps, re-exported from the shared handshake package.
+var (
+	ErrAuthFailed           = handshake.ErrAuthFailed
+	ErrClientProtocol       = handshake.ErrClientProtocol
+	ErrUpstreamProtocol     = handshake.ErrUpstreamProtocol
+	ErrCredentialsUnchanged = handshake.ErrCredentialsUnchanged
+)
+
+// Error codes of the ERR packets that the agent writes itself. They are the server's own
+// codes for the same situations, so clients treat them as they would the server's.
+const (
+	codeHandshakeError  = mysql.ER_HANDSHAKE_ERROR         // 1043, SQLSTATE 08S01
+	codeAccessDenied    = mysql.ER_ACCESS_DENIED_ERROR     // 1045, SQLSTATE 28000
+	codeOldClient       = mysql.ER_NOT_SUPPORTED_AUTH_MODE // 1251, SQLSTATE 08004
+	stateCommunication  = "08S01"
+	stateAccessDenied   = "28000"
+	stateOldClient      = "08004"
+	fastAuthSuccessByte = mysql.CACHE_SHA2_FAST_AUTH
+)
+
+// quitTimeout bounds the login and COM_QUIT that end an upstream connection whose client left
+// before logging in (see endUpstream).
+const quitTimeout = 5 * time.Second
+
+// Handshake runs the MySQL login phase between a client of the agent and the upstream.
+//
+// It reads the upstream's greeting, greets the client with the same server version,
+// connection id, capabilities (without CLIENT_SSL) and plugin name but a scramble of its own,
+// reads the client's HandshakeResponse41 without checking its user or auth response, then
+// logs in upstream over TLS as creds with the capabilities the client chose. The server's OK
+// or ERR reaches the client with the sequence id it expects.
+//
+// Every failure is reported to the client as an ERR packet before Handshake returns, so the
+// caller must not call Reject afterwards. The error wraps ErrAuthFailed (and is a
+// *ServerError) when the upstream rejected the credentials, ErrClientProtocol for bad client
+// input, and ErrUpstreamProtocol for an upstream without TLS or with an unsupported plugin.
+func Handshake(ctx context.Context, client, upstream net.Conn, creds credsource.Credentials, opts Options) (Conns, error) {
+	s := &session{ctx: ctx, client: client, opts: &opts, log: opts.Log()}
+	s.stop = handshake.WatchContext(ctx, client, upstream)
+	defer s.stop()
+	conns, err := s.run(upstream, creds)
+	return conns, handshake.ContextError(ctx, err)
+}
+
+// Reject sends the client an ERR packet saying that the agent could not set up the session
+// for route, with SQLSTATE 28000 when cause wraps credsource.ErrNotFound and 08S01 otherwise.
+// The server speaks first in MySQL, so the ERR takes the greeting's place (sequence id 0)
+// and Reject reads nothing.
+func Reject(ctx context.Context, client net.Conn, route string, cause error) error {
+	stop := handshake.WatchContext(ctx, client)
+	defer stop()
+	err := writePacket(client, 0, agentErrPacket(route, cause))
+	return handshake.ContextError(ctx, err)
+}
+
+// agentErrPacket encodes an ERR packet for a failure of the agent itself.
+func agentErrPacket(route string, cause error) []byte {
+	code, state := uint16(codeHandshakeError), stateCommunication
+	if errors.Is(cause, credsource.ErrNotFound) {
+		code, state = codeAccessDenied, stateAccessDenied
+	}
+	msg := fmt.Sprintf("dbproxy route %q: %v", route, cause)
+	return errPacket(code, state, msg, true)
+}
+
+type session struct {
+	ctx    context.Context
+	client net.Conn
+	opts   *Options
+	log    *slog.Logger
+	stop   func() bool // ends the context watch on both connections
+}
+
+func (s *session) run(upstream net.Conn, creds credsource.Credentials) (Conns, error) {
+	// Handshake v10 from the upstream.
+	g, err := s.readGreeting(upstream)
+	if err != nil {
+		return Conns{}, err
+	}
+
+	// Handshake v10 to the client, with a scramble of our own.
+	clientCaps := g.capabilities &^ mysql.CLIENT_SSL
+	if err := writePacket(s.client, 0, g.marshal(clientCaps, newScramble())); err != nil {
+		s.endUpstream(upstream, g, creds)
+		return Conns{}, fmt.Errorf("client greeting: %w", err)
+	}
+
+	// HandshakeResponse41 from the client.
+	resp, err := s.readResponse()
+	if err != nil {
+		s.endUpstream(upstream, g, creds)
+		return Conns{}, err
+	}
+	s.log.Debug("mysql client response", "route", s.opts.Route, "capabilities", resp.capabilities,
+		"database", resp.database, "auth_plugin", resp.authPlugin, "attributes_len", len(resp.attributes))
+
+	// Login upstream as the stored user, retried once with fresh credentials after 1045.
+	up := upstreamResponse(resp, g)
+	l, err := loginUpstream(s.ctx, upstream, g, up, creds, s.opts.TLSConfig)
+	if err != nil {
+		s.sendAgentError(2, err)
+		return Conns{}, err
+	}
+	if l.rejected != nil && l.rejected.Code == codeAccessDenied && s.opts.Redial != nil {
+		l, err = s.retry(l, resp, up)
+		if err != nil {
+			return Conns{}, err
+		}
+	}
+	if l.rejected != nil {
+		if err := writePacket(s.client, 2, l.errRaw); err != nil {
+			l.conn.Close()
+			return Conns{}, fmt.Errorf("client login result: %w", err)
+		}
+		l.conn.Close()
+		if l.rejected.Code == codeAccessDenied {
+			return Conns{}, fmt.Errorf("upstream login: %w: %w", ErrAuthFailed, l.rejected)
+		}
+		return Conns{}, fmt.Errorf("upstream login: %w", l.rejected)
+	}
+
+	// OK to the client, after the fast-auth marker for a caching_sha2_password client.
+	if err := s.sendOK(resp, l.ok); err != nil {
+		l.conn.Close()
+		return Conns{}, fmt.Errorf("client login result: %w", err)
+	}
+	s.log.Debug("mysql login ok", "route", s.opts.Route, "server_version", g.serverVersion)
+	s.stop()
+	handshake.ClearDeadlines(s.client, l.conn)
+	return Conns{Client: newClientConn(s.client, resp.capabilities&g.capabilities, s.opts.Route),
+		Upstream: l.conn}, nil
+}
+
+// readGreeting reads the upstream's greeting. An ERR in its place (1040 too many
+// connections, 1129 host blocked) goes to the client unchanged; other failures get an agent
+// ERR. The upstream must offer TLS and the 4.1 protocol.
+func (s *session) readGreeting(upstream net.Conn) (*greeting, error) {
+	_, p, err := readPacket(upstream, maxGreetingLen)
+	if err == nil && len(p) > 0 && p[0] == mysql.ERR_HEADER {
+		serr := parseErrPacket(p)
+		writePacket(s.client, 0, p)
+		return nil, fmt.Errorf("upstream greeting: %w", serr)
+	}
+	var g *greeting
+	if err == nil {
+		g, err = parseGreeting(p)
+	}
+	if err == nil && g.capabilities&mysql.CLIENT_PROTOCOL_41 == 0 {
+		err = fmt.Errorf("server %q does not support protocol 4.1", g.serverVersion)
+	}
+	if err == nil && g.capabilities&mysql.CLIENT_SSL == 0 {
+		err = fmt.Errorf("server %q does not support TLS", g.serverVersion)
+	}
+	if err != nil {
+		err = fmt.Errorf("upstream greeting: %w: %w", ErrUpstreamProtocol, handshake.ContextError(s.ctx, err))
+		s.sendAgentError(0, err)
+		return nil, err
+	}
+	s.log.Debug("mysql greeting", "route", s.opts.Route, "server_version", g.serverVersion,
+		"auth_plugin", g.authPlugin, "capabilities", g.capabilities)
+	return g, nil
+}
+
+// readResponse reads the client's HandshakeResponse41 and answers input the agent cannot use
+// (HTTP, TLS, SSLRequest, HandshakeResponse320, malformed packets) with an ERR.
+func (s *session) readResponse() (*response, error) {
+	var header [packetHeaderLen]byte
+	if _, err := io.ReadFull(s.client, header[:]); err != nil {
+		return nil, fmt.Errorf("client handshake response: %w", err)
+	}
+	if what := foreignProtocol(header); what != "" {
+		return nil, s.clientError(codeHandshakeError, stateCommunication, true,
+			fmt.Sprintf("received %s on a MySQL port", what))
+	}
+	seq, p, err := readPayload(s.client, header, maxResponseLen)
+	if errors.Is(err, errPacketTooLong) {
+		return nil, s.clientError(codeHandshakeError, stateCommunication, true,
+			fmt.Sprintf("handshake response: %v", err))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("client handshake response: %w", err)
+	}
+	if seq != 1 {
+		return nil, s.clientError(codeHandshakeError, stateCommunication, true,
+			fmt.Sprintf("handshake response has sequence id %d, want 1", seq))
+	}
+	resp, err := parseResponse(p)
+	switch {
+	case err != nil:
+		return nil, s.clientError(codeHandshakeError, stateCommunication, true, err.Error())
+	case resp.sslRequest:
+		return nil, s.clientError(codeHandshakeError, stateCommunication, true,
+			"TLS is not offered on the agent's loopback listener; connect without TLS")
+	case resp.capabilities&mysql.CLIENT_PROTOCOL_41 == 0:
+		return nil, s.clientError(codeOldClient, stateOldClient, false,
+			"client does not support protocol 4.1; upgrade the client")
+	}
+	return resp, nil
+}
+
+// foreignProtocol names the protocol when a packet header is really the start of an HTTP
+// request or a TLS ClientHello, and returns "" otherwise.
+func foreignProtocol(header [packetHeaderLen]byte) string {
+	for _, method := range []string{"GET ", "POST", "PUT ", "HEAD", "DELE", "OPTI", "PATC", "CONN", "PRI "} {
+		if string(header[:]) == method {
+			return "an HTTP request"
+		}
+	}
+	if header[0] == 0x16 && header[1] == 0x03 {
+		return "a TLS ClientHello without SSLRequest"
+	}
+	return ""
+}
+
+// clientError sends the client an ERR packet (sequence id 2, after its response) and returns
+// an error wrapping ErrClientProtocol.
+func (s *session) clientError(code uint16, state string, protocol41 bool, msg string) error {
+	full := fmt.Sprintf("dbproxy route %q: %s", s.opts.Route, msg)
+	if err := writePacket(s.client, 2, errPacket(code, state, full, protocol41)); err != nil {
+		s.log.Debug("mysql client error not sent", "route", s.opts.Route, "error", err)
+	}
+	return fmt.Errorf("client handshake response: %w: %s", ErrClientProtocol, msg)
+}
+
+// sendAgentError tells the client about a failure of the agent, best effort: the error that
+// Handshake returns already describes it.
+func (s *session) sendAgentError(seq byte, cause error) {
+	if err := writePacket(s.client, seq, agentErrPacket(s.opts.Route, cause)); err != nil {
+		s.log.Debug("mysql client error not sent", "route", s.opts.Route, "error", err)
+	}
+}
+
+// sendOK forwards the server's OK. A client that sent a caching_sha2_password scramble waits
+// for AuthMoreData first, so it gets the fast-auth-success marker (0x01 0x03) before the OK.
+// No other client plugin expects more than OK after its response.
+func (s *session) sendOK(resp *response, ok []byte) error {
+	seq := byte(2)
+	if resp.authPlugin == mysql.AUTH_CACHING_SHA2_PASSWORD && len(resp.authResponse) > 0 {
+		if err := writePacket(s.client, seq, []byte{authMoreData, fastAuthSuccessByte}); err != nil {
+			return err
+		}
+		seq++
+	}
+	return writePacket(s.client, seq, ok)
+}
+
+// upstreamResponse returns the client's response with the capabilities that both the client
+// and the server have, plus the ones the agent needs upstream. Flags that shape the command
+// stream (CLIENT_DEPRECATE_EOF, CLIENT_COMPRESS, CLIENT_ZSTD_COMPRESSION_ALGORITHM,
+// CLIENT_SESSION_TRACK, ...) then match on both legs, as the splice requires.
+func upstreamResponse(resp *response, g *greeting) *response {
+	up := *resp
+	up.capabilities = resp.capabilities&g.capabilities | upstreamCapabilities
+	up.capabilities |= g.capabilities & mysql.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+	up.capabilities &^= mysql.CLIENT_CONNECT_WITH_DB
+	if resp.database != "" {
+		up.capabilities |= mysql.CLIENT_CONNECT_WITH_DB
+	}
+	up.extCapabilities = resp.extCapabilities & g.extCapabilities
+	return &up
+}
+
+// retry handles a 1045 from the first login: it asks opts.Redial for a new connection and
+// fresh credentials and logs in once more. It returns the login whose result the client
+// gets: the first one when the credentials are unchanged or the redial failed.
+func (s *session) retry(first *login, resp, up *response) (*login, error) {
+	first.conn.Close()
+	conn, creds, err := s.opts.Redial(s.ctx)
+	if err != nil {
+		if !errors.Is(err, ErrCredentialsUnchanged) {
+			s.log.Debug("mysql redial failed", "route", s.opts.Route, "error", err)
+		}
+		return first, nil
+	}
+	stop := handshake.WatchContext(s.ctx, conn)
+	defer stop()
+	fail := func(err error) (*login, error) {
+		conn.Close()
+		s.sendAgentError(2, err)
+		return nil, err
+	}
+
+	_, p, err := readPacket(conn, maxGreetingLen)
+	if err != nil {
+		return fail(fmt.Errorf("retry: upstream greeting: %w", err))
+	}
+	if len(p) > 0 && p[0] == mysql.ERR_HEADER {
+		conn.Close()
+		return &login{conn: first.conn, rejected: parseErrPacket(p), errRaw: p}, nil
+	}
+	g, err := parseGreeting(p)
+	if err != nil {
+		return fail(fmt.Errorf("retry: upstream greeting: %w: %w", ErrUpstreamProtocol, err))
+	}
+	up2 := upstreamResponse(resp, g)
+	if up2.capabilities != up.capabilities || up2.extCapabilities != up.extCapabilities {
+		return fail(fmt.Errorf("retry: %w: server capabilities changed", ErrUpstreamProtocol))
+	}
+	l, err := loginUpstream(s.ctx, conn, g, up2, creds, s.opts.TLSConfig)
+	if err != nil {
+		return fail(fmt.Errorf("retry: %w", err))
+	}
+	return l, nil
+}
+
+// endUpstream ends an upstream connection whose client left before logging in, the way a
+// well-behaved client does: log in as creds, then COM_QUIT. MySQL and MariaDB count a
+// connection that ends during the login phase against max_connect_errors and block the
+// agent's host (error 1129) after that many, so health probes must not end that way. A
+// successful login resets the count. It runs on a fresh timeout because ctx may be the
+// reason the client is gone.
+func (s *session) endUpstream(upstream net.Conn, g *greeting, creds credsource.Credentials) {
+	s.stop()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), quitTimeout)
+	defer cancel()
+	handshake.ClearDeadlines(upstream)
+	stop := handshake.WatchContext(ctx, upstream)
+	defer stop()
+
+	resp := &response{capabilities: g.capabilities & (mysql.CLIENT_LONG_PASSWORD |
+		mysql.CLIENT_LONG_FLAG | mysql.CLIENT_TRANSACTIONS), charset: g.charset}
+	l, err := loginUpstream(ctx, upstream, g, upstreamResponse(resp, g), creds, s.opts.TLSConfig)
+	if err != nil || l.rejected != nil {
+		s.log.Debug("mysql upstream login after client left failed", "route", s.opts.Route,
+			"error", errors.Join(err, errorOrNil(l)))
+		return
+	}
+	if err := writePacket(l.conn, 0, []byte{mysql.COM_QUIT}); err != nil {
+		s.log.Debug("mysql upstream COM_QUIT failed", "route", s.opts.Route, "error", err)
+	}
+	// Wait for the server to close, so that the close is the server's and not a reset.
+	l.conn.SetReadDeadline(time.Now().Add(time.Second))
+	io.Copy(io.Discard, io.LimitReader(l.conn, 1<<10))
+	l.conn.Close()
+}
+
+func errorOrNil(l *login) error {
+	if l == nil || l.rejected == nil {
+		return nil
+	}
+	return l.rejected
+}
