@@ -33,3 +33,22 @@ type Cred struct {
 type Checker interface {
 	PeerCred(conn net.Conn) (Cred, error)
 }
+
+// Kernel is the Checker backed by the operating system: SO_PEERCRED for Unix sockets and the
+// kernel's socket tables for loopback TCP. Only Linux is supported. Elsewhere PeerCred returns
+// ErrNotImplemented. The zero value is ready for use and reports PID 0 for TCP peers.
+type Kernel struct {
+	// ResolvePID makes PeerCred find the PID of a TCP peer by scanning the open file
+	// descriptors of the processes owned by the peer's UID. The scan costs far more than
+	// the UID lookup, so it is off by default. Unix socket peers always get a PID.
+	ResolvePID bool
+}
+
+var _ Checker = (*Kernel)(nil)
+
+// PeerCred returns the identity of the process on the other end of conn, which must be a
+// *net.UnixConn or a *net.TCPConn with a loopback peer. It neither reads from nor writes to
+// conn.
+func (k *Kernel) PeerCred(conn net.Conn) (Cred, error) {
+	return k.peerCred(conn)
+}

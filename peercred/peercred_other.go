@@ -1,0 +1,9 @@
+//go:build !linux
+
+package peercred
+
+import "net"
+
+func (k *Kernel) peerCred(net.Conn) (Cred, error) {
+	return Cred{}, ErrNotImplemented
+}
