@@ -181,7 +181,7 @@ func TestKernelUnixSocket(t *testing.T) {
 	}
 }
 
-// TestKernelOtherUser runs the client as user 65534 (nobody) and expects its UID and PID.
+// TestKernelOtherUser runs the client as UID 65534 and expects its UID and PID.
 func TestKernelOtherUser(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("running a client as another user needs root")

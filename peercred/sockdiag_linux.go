@@ -31,7 +31,7 @@ const (
 )
 
 const (
-	// inetDiagNoCookie tells the kernel not to check the socket cookie (INET_DIAG_NOCOOKIE).
+	// inetDiagNoCookie makes the kernel skip the check of the socket cookie (INET_DIAG_NOCOOKIE).
 	inetDiagNoCookie = ^uint32(0)
 	// replyBufferSize fits one inet_diag_msg with its attributes several times over;
 	// an exact lookup returns a single message.
@@ -54,7 +54,7 @@ func sockDiagLookup(family uint8, src, dst *net.TCPAddr) (socketInfo, error) {
 		return socketInfo{}, netlinkError("socket", err)
 	}
 	defer unix.Close(fd)
-	// The kernel answers at once; the timeout only guards against a lost reply.
+	// The kernel replies at once, so the timeout only guards against a lost reply.
 	timeout := unix.Timeval{Sec: 2}
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &timeout); err != nil {
 		return socketInfo{}, fmt.Errorf("sock_diag: set receive timeout: %w", err)
@@ -182,7 +182,7 @@ func parseDiagReply(b []byte, seq uint32, src, dst *net.TCPAddr) (sock socketInf
 
 // parseDiagMsg reads a struct inet_diag_msg and checks that it describes the requested
 // socket held by a process. The exact lookup can also return a listener or a TIME_WAIT
-// socket, whose UID says nothing about the peer.
+// socket, whose UID does not identify the peer.
 func parseDiagMsg(m []byte, src, dst *net.TCPAddr) (socketInfo, error) {
 	if len(m) < sizeofInetDiagMsg {
 		return socketInfo{}, fmt.Errorf("sock_diag: inet_diag_msg of %d bytes is too short", len(m))
