@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-mysql-org/go-mysql/mysql"
 	gomysql "github.com/go-sql-driver/mysql"
 
 	"github.com/knoxcall/dbproxy/credsource"
@@ -202,7 +203,7 @@ func TestMariaDB(t *testing.T) {
 	})
 
 	t.Run("change user and reset connection", func(t *testing.T) {
-		c := rawLogin(t, proxies["native"].Addr, 0)
+		c := rawLogin(t, proxies["native"].Addr)
 		// COM_RESET_CONNECTION passes through to the server.
 		if p := rawCommand(t, c, []byte{0x1f}); p[0] != 0x00 {
 			t.Errorf("COM_RESET_CONNECTION reply %x, want OK", p)
@@ -307,9 +308,18 @@ func port(t *testing.T, addr string) string {
 	return p
 }
 
-// rawLogin logs in through the agent with hand-built packets and the given extra capability
-// flags, and returns the connection in the command phase.
-func rawLogin(t *testing.T, addr string, extraCaps uint32) net.Conn {
+// rawLogin logs in through the agent with hand-built packets, offering the server's
+// capabilities less CLIENT_SSL and CLIENT_COMPRESS, and returns the connection in the
+// command phase.
+func rawLogin(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, _ := rawLoginCaps(t, addr, 0)
+	return c
+}
+
+// rawLoginCaps is rawLogin with the given capabilities, or the default ones when caps is 0.
+// It also returns the greeting the client received.
+func rawLoginCaps(t *testing.T, addr string, caps uint32) (net.Conn, *greeting) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -325,21 +335,22 @@ func rawLogin(t *testing.T, addr string, extraCaps uint32) net.Conn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp := &response{capabilities: g.capabilities&(0x000fffff) | extraCaps, maxPacketSize: 1 << 24,
+	if caps == 0 {
+		caps = g.capabilities &^ (mysql.CLIENT_SSL | mysql.CLIENT_COMPRESS | mysql.CLIENT_ZSTD_COMPRESSION_ALGORITHM)
+	}
+	resp := &response{capabilities: caps | mysql.CLIENT_CONNECT_WITH_DB, maxPacketSize: 1 << 24,
 		charset: 33, database: "appdb"}
-	resp.capabilities |= 1 << 3        // CLIENT_CONNECT_WITH_DB
-	resp.capabilities &^= 1<<11 | 1<<5 // CLIENT_SSL, CLIENT_COMPRESS
-	if err := writePacket(c, 1, resp.marshal("app", nil, "mysql_native_password", false)); err != nil {
+	if err := writePacket(c, 1, resp.marshal("app", nil, mysql.AUTH_NATIVE_PASSWORD, false)); err != nil {
 		t.Fatal(err)
 	}
 	_, p, err = readPacket(c, maxServerPacketLen)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p[0] != 0x00 {
+	if p[0] != mysql.OK_HEADER {
 		t.Fatalf("login reply %x, want OK", p)
 	}
-	return c
+	return c, g
 }
 
 // rawCommand sends one command packet and returns the first reply packet.
