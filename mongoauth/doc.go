@@ -30,12 +30,12 @@
 // reply lists hosts or a setName, because the client's hello does not show whether it asked
 // for a direct connection.
 //
-// A client that still tries to authenticate gets a command error (code 2, BadValue) that
-// says the credentials are supplied by the agent and must be removed from the connection
+// A client that still tries to authenticate gets a command error (code 2, BadValue) stating
+// that the credentials are supplied by the agent and must be removed from the connection
 // string. That covers speculativeAuthenticate in its hello, and saslStart, saslContinue,
 // authenticate or getnonce sent before its first other command. An authentication command
-// in the hello position ends the session. One that follows the hello is answered with the
-// error and not forwarded, and the session goes on.
+// in the hello position ends the session. One that follows the hello gets the error, is not
+// forwarded, and the session goes on.
 //
 // # Failures
 //
@@ -43,7 +43,7 @@
 // once, if set, and retries on the new connection with the credentials it returns. If that
 // fails too, the client's hello gets an error with code 18 (AuthenticationFailed) naming the
 // route, and Handshake returns an error wrapping ErrAuthFailed. Other upstream failures give
-// code 6 (HostUnreachable). Reject answers a client's first message in the same way when no
+// code 6 (HostUnreachable). Reject replies to a client's first message in the same way when no
 // upstream session could be set up.
 //
 // # Limits

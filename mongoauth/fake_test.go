@@ -211,11 +211,6 @@ func scriptSpeculative(password string) func(*testing.T, *fakeConn) {
 	}
 }
 
-// rawClient is a MongoDB client that sends hand-built messages.
-type rawClient struct {
-	net.Conn
-}
-
 func queryHello(requestID int32, body bsoncore.Document) []byte {
 	idx, msg := wiremessage.AppendHeaderStart(nil, requestID, 0, wiremessage.OpQuery)
 	msg = wiremessage.AppendQueryFlags(msg, 0)
@@ -601,7 +596,7 @@ func TestGuardAnswersSASLAfterHello(t *testing.T) {
 	saslStart := buildMsg(2, 0, saslStartCommand(mechanismSHA256, "n,,n=app,r=abc", "$db", "admin"), nil)
 	clientSide.Write(append(saslStart, ping...))
 
-	// The guard answers saslStart itself and then passes ping on.
+	// The guard replies to saslStart itself and then passes ping on.
 	got := make([]byte, len(ping))
 	guard.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(guard, got); err != nil {

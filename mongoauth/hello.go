@@ -16,8 +16,8 @@ import (
 const credentialsMessage = "route %q: credentials are supplied by the agent, so remove the user name, " +
 	"password, authMechanism and authSource from the connection string (client sent %s)"
 
-// authCommands are the commands with which a client authenticates itself. The agent answers
-// them with an error, because the connection is already authenticated with stored credentials.
+// authCommands are the commands with which a client authenticates itself. The agent replies
+// to them with an error, because the connection is already authenticated with stored credentials.
 var authCommands = map[string]bool{
 	"saslStart":    true,
 	"saslContinue": true,
@@ -88,7 +88,7 @@ func upstreamHello(hello *command, authDB, user, clientFirst string) (bsoncore.D
 	return bsoncore.AppendDocumentEnd(doc, idx)
 }
 
-// clientHelloReply returns the server's hello reply without the fields that answer the
+// clientHelloReply returns the server's hello reply without the fields that reply to the
 // agent's own requests: speculativeAuthenticate and saslSupportedMechs.
 func clientHelloReply(reply bsoncore.Document) (bsoncore.Document, error) {
 	elems, err := reply.Elements()
@@ -141,7 +141,7 @@ func errorDocument(code int32, codeName, message string) bsoncore.Document {
 	return doc
 }
 
-// sendHeaderError answers a message that could not be parsed as a command, using only its
+// sendHeaderError replies to a message that could not be parsed as a command, using only its
 // header: OP_REPLY for an OP_QUERY, OP_MSG for anything else.
 func sendHeaderError(client net.Conn, msg []byte, code int32, codeName, message string) error {
 	_, requestID, _, opcode, _, ok := wiremessage.ReadHeader(msg)

@@ -24,7 +24,7 @@ type Conns = handshake.Conns
 // Errors that Handshake wraps, for errors.Is.
 var (
 	// ErrAuthFailed means the upstream rejected the stored credentials (code 18,
-	// AuthenticationFailed). The client's hello has already been answered with code 18.
+	// AuthenticationFailed). The client's hello has already received a code 18 error reply.
 	ErrAuthFailed = handshake.ErrAuthFailed
 	// ErrClientProtocol means the client's first message was not a hello, was malformed, or
 	// carried credentials of its own. The client has already been sent a command error.
@@ -204,7 +204,7 @@ func authenticate(conn *tls.Conn, creds credsource.Credentials, authDB string, h
 	return reply, nil
 }
 
-// sendLoginError answers the client's hello with the error that ended the login: code 18 for
+// sendLoginError replies to the client's hello with the error that ended the login: code 18 for
 // rejected credentials, code 6 (HostUnreachable) for any other upstream failure.
 func sendLoginError(client net.Conn, hello *command, creds credsource.Credentials, route string, err error) {
 	var doc bsoncore.Document

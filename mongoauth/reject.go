@@ -10,8 +10,8 @@ import (
 	"github.com/knoxcall/dbproxy/internal/handshake"
 )
 
-// Reject tells a client that the agent could not set up its session. It reads the client's
-// first message (at most maxMessageSizeBytes, 48000000 bytes) and answers it with a command
+// Reject informs a client that the agent could not set up its session. It reads the client's
+// first message (at most maxMessageSizeBytes, 48000000 bytes) and replies to it with a command
 // error naming the route and cause: code 18 (AuthenticationFailed) when cause wraps
 // ErrAuthFailed or credsource.ErrNotFound, code 6 (HostUnreachable) otherwise. The reply is
 // an OP_REPLY for an OP_QUERY and an OP_MSG otherwise. cause must contain no secret. Reject

@@ -136,7 +136,7 @@ func runSCRAM(conn io.ReadWriter, user, password, authDB, mechanism string) erro
 
 // continueSCRAM finishes a SCRAM conversation from the server's reply to saslStart (or the
 // speculativeAuthenticate document of a hello reply). It fails unless the server proved that
-// it knows the stored key, by a valid server signature in server-final.
+// it has the stored key, by a valid server signature in server-final.
 func continueSCRAM(conn io.ReadWriter, conv *scram.ClientConversation, authDB string, reply bsoncore.Document) error {
 	for range maxSASLReplies {
 		conversationID := reply.Lookup("conversationId")

@@ -231,7 +231,7 @@ func buildMsg(requestID, responseTo int32, body bsoncore.Document, sequences []b
 	return bsoncore.UpdateLength(msg, idx, int32(len(msg)))
 }
 
-// buildReply returns an OP_REPLY that carries doc, the answer to a legacy OP_QUERY command.
+// buildReply returns an OP_REPLY that carries doc, the reply to a legacy OP_QUERY command.
 func buildReply(responseTo int32, doc bsoncore.Document) []byte {
 	idx, msg := wiremessage.AppendHeaderStart(nil, upstreamRequestID.Add(1), responseTo, wiremessage.OpReply)
 	// MongoDB servers set AwaitCapable on every OP_REPLY.
@@ -253,7 +253,7 @@ func replyTo(cmd *command, doc bsoncore.Document) []byte {
 }
 
 // parseReply returns the body of an OP_MSG reply (or the document of an OP_REPLY) that
-// answers the request with id requestID.
+// replies to the request with id requestID.
 func parseReply(msg []byte, requestID int32) (bsoncore.Document, error) {
 	_, _, responseTo, opcode, rest, ok := wiremessage.ReadHeader(msg)
 	if !ok {
