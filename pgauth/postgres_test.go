@@ -430,7 +430,8 @@ func TestPostgresAuthFailures(t *testing.T) {
 
 	t.Run("wrong password reaches client as 28P01", func(t *testing.T) {
 		p := pgProxy(t, pg, credsource.Credentials{Username: "app", Password: canaryPassword})
-		_, err := pgconn.ConnectConfig(ctx, pgxConfig(t, p, "").ConnConfig.Config.Copy())
+		// With sslmode=prefer pgx would make a first connection that ends at the 'N'.
+		_, err := pgconn.ConnectConfig(ctx, pgxConfig(t, p, "sslmode=disable").ConnConfig.Config.Copy())
 		var pgErr *pgconn.PgError
 		if !errors.As(err, &pgErr) || pgErr.Code != "28P01" {
 			t.Fatalf("error = %v, want SQLSTATE 28P01", err)
@@ -506,7 +507,8 @@ func TestPostgresAuthFailures(t *testing.T) {
 				return nil, credsource.Credentials{}, fmt.Errorf("fetch secret: %w", ErrCredentialsUnchanged)
 			},
 		})
-		_, err := pgconn.ConnectConfig(ctx, pgxConfig(t, p, "").ConnConfig.Config.Copy())
+		// With sslmode=prefer pgx would make a first connection that ends at the 'N'.
+		_, err := pgconn.ConnectConfig(ctx, pgxConfig(t, p, "sslmode=disable").ConnConfig.Config.Copy())
 		var pgErr *pgconn.PgError
 		if !errors.As(err, &pgErr) || pgErr.Code != "28P01" {
 			t.Fatalf("error = %v, want SQLSTATE 28P01", err)
