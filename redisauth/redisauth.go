@@ -42,10 +42,12 @@ const (
 	// maxFirstCommandLen bounds the bytes of the first command read before the error reply
 	// is sent: enough for any login command, far less than a large SET.
 	maxFirstCommandLen = 1 << 20
-	// lingerTimeout bounds the wait for the client to close after an error reply, so that
-	// closing the socket with unread input does not reset the connection before the client
-	// has read the reply.
+	// lingerTimeout bounds the time spent answering commands with an error reply and
+	// waiting for the client to close, so that closing the socket with unread input does
+	// not reset the connection before the client has read the reply.
 	lingerTimeout = time.Second
+	// maxErrorReplies bounds the commands answered with the error reply.
+	maxErrorReplies = 16
 )
 
 // Handshake opens TLS on upstream, logs in with creds (AUTH user password, or AUTH
@@ -199,22 +201,33 @@ func sanitize(s string) string {
 	return strings.NewReplacer("\r", " ", "\n", " ").Replace(s)
 }
 
-// replyToFirstCommand reads the client's first command, writes reply, half-closes the
-// connection and waits briefly for the client to close its side.
+// replyToFirstCommand reads the client's first command and answers it with reply. Some
+// clients send more commands before they look at a reply: go-redis, for example, falls
+// back from HELLO to AUTH. So the next commands get the same reply too, up to
+// maxErrorReplies within lingerTimeout, before the connection is half-closed.
 func replyToFirstCommand(ctx context.Context, client net.Conn, reply []byte) error {
 	stop := handshake.WatchContext(ctx, client)
 	defer stop()
+	in := bufio.NewReaderSize(io.LimitReader(client, maxFirstCommandLen), 4096)
 
 	// Read errors do not matter here: the reply goes out in any case.
-	_ = skipCommand(bufio.NewReaderSize(io.LimitReader(client, maxFirstCommandLen), 4096))
+	_ = skipCommand(in)
 	stop()
 	client.SetDeadline(time.Now().Add(lingerTimeout))
+	defer client.SetDeadline(time.Time{})
 	if _, err := client.Write(reply); err != nil {
 		return fmt.Errorf("write error reply: %w", err)
 	}
+	for range maxErrorReplies - 1 {
+		if skipCommand(in) != nil {
+			break
+		}
+		if _, err := client.Write(reply); err != nil {
+			break
+		}
+	}
 	handshake.CloseWrite(client)
-	io.Copy(io.Discard, io.LimitReader(client, maxFirstCommandLen))
-	client.SetDeadline(time.Time{})
+	io.Copy(io.Discard, in)
 	return nil
 }
 
