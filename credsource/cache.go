@@ -149,6 +149,11 @@ func (c *Cache) invalidateLocked(id string) {
 	// Make the next Fetch start a new flight instead of joining one that began before
 	// the invalidation.
 	c.group.Forget(id)
+	// A source with a cache of its own (File's stat interval) drops it too, so the next
+	// fetch sees a secret rotated a moment ago.
+	if inv, ok := c.Source.(interface{ Invalidate(id string) }); ok {
+		inv.Invalidate(id)
+	}
 }
 
 // fetchShared joins or starts the single flight for id and waits for it or for ctx.

@@ -90,6 +90,14 @@ func (f *File) Fetch(ctx context.Context, id string) (Credentials, error) {
 	return creds.clone(), nil
 }
 
+// Invalidate makes the next Fetch check the file for changes at once, ignoring
+// CheckInterval. Cache calls it when a session reports rejected credentials.
+func (f *File) Invalidate(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.checkedAt = time.Time{}
+}
+
 // Check reads and validates the file now, ignoring CheckInterval, and reports the
 // first problem. The agent calls it at start so that a broken file stops it early.
 // For a valid file that group or other users can access, the error wraps ErrFileMode.

@@ -200,6 +200,7 @@ type harnessOptions struct {
 	shutdownTimeout time.Duration
 	storedPassword  string
 	loginTimeout    time.Duration
+	maxConnections  int
 }
 
 func startHarness(t *testing.T, o harnessOptions) *harness {
@@ -223,6 +224,7 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 			Name: "orders", Protocol: "line", LocalPort: dbtest.FreePort(t),
 			UpstreamHost: "127.0.0.1", UpstreamPort: up.port(), SecretID: "sec",
 			AllowedUIDs: o.allowedUIDs, TLS: TLS{CAFile: certs.CAFile}, LoginTimeout: o.loginTimeout,
+			MaxConnections: o.maxConnections,
 		}},
 		Credentials:     src,
 		PeerChecker:     o.peer,
@@ -582,4 +584,107 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 	b := <-ch
 	t.Cleanup(func() { a.Close(); b.Close() })
 	return a, b
+}
+
+func TestMaxConnections(t *testing.T) {
+	h := startHarness(t, harnessOptions{maxConnections: 1})
+	first := h.dial(t)
+	io.WriteString(first, "LOGIN\n")
+	if got := readLine(t, bufio.NewReader(first)); got != "WELCOME\n" {
+		t.Fatalf("first session: got %q, want WELCOME", got)
+	}
+	second := h.dial(t)
+	io.WriteString(second, "LOGIN\n")
+	if got := readLine(t, bufio.NewReader(second)); !strings.Contains(got, "too many connections") {
+		t.Fatalf("second session: got %q, want a too-many-connections error", got)
+	}
+	stats := h.srv.Stats()
+	if len(stats) != 1 || stats[0].OpenSessions != 1 {
+		t.Errorf("Stats = %+v, want one route with one open session", stats)
+	}
+	first.Close()
+	// The slot frees once the first session ends.
+	deadline := time.Now().Add(5 * time.Second)
+	for h.srv.Stats()[0].OpenSessions != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	third := h.dial(t)
+	io.WriteString(third, "LOGIN\n")
+	if got := readLine(t, bufio.NewReader(third)); got != "WELCOME\n" {
+		t.Fatalf("third session: got %q, want WELCOME", got)
+	}
+}
+
+func TestStatsCountBytesWhileOpen(t *testing.T) {
+	h := startHarness(t, harnessOptions{})
+	c := h.dial(t)
+	r := bufio.NewReader(c)
+	io.WriteString(c, "LOGIN\n")
+	readLine(t, r)
+	io.WriteString(c, "0123456789\n")
+	readLine(t, r)
+	st := h.srv.Stats()[0]
+	if st.BytesToUpstream != 11 || st.BytesToClient != 11 {
+		t.Errorf("bytes = %d up, %d down; want 11 and 11 while the session is open", st.BytesToUpstream, st.BytesToClient)
+	}
+	if !st.CredentialsOK || !st.CredentialsFetched {
+		t.Errorf("credentials state = ok %v, fetched %v; want both true", st.CredentialsOK, st.CredentialsFetched)
+	}
+}
+
+func TestUpdateRoutes(t *testing.T) {
+	h := startHarness(t, harnessOptions{})
+	orders := h.srv.cfg.Routes[0]
+	live := h.dial(t)
+	liveReader := bufio.NewReader(live)
+	io.WriteString(live, "LOGIN\n")
+	readLine(t, liveReader)
+
+	// Adding a route leaves the existing one and its session alone.
+	billing := orders
+	billing.Name = "billing"
+	billing.LocalPort = dbtest.FreePort(t)
+	if err := h.srv.Update([]Route{orders, billing}); err != nil {
+		t.Fatalf("Update (add): %v", err)
+	}
+	io.WriteString(live, "still here\n")
+	if got := readLine(t, liveReader); got != "still here\n" {
+		t.Fatalf("session of an unchanged route: got %q", got)
+	}
+	c, err := net.Dial("tcp", h.srv.Addr("billing").String())
+	if err != nil {
+		t.Fatalf("dial the added route: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "LOGIN\n")
+	if got := readLine(t, bufio.NewReader(c)); got != "WELCOME\n" {
+		t.Fatalf("added route: got %q", got)
+	}
+
+	// An invalid configuration keeps what runs.
+	bad := billing
+	bad.ListenAddress = "0.0.0.0"
+	if err := h.srv.Update([]Route{orders, bad}); !errors.Is(err, ErrNotLoopback) {
+		t.Fatalf("Update (non-loopback) = %v, want ErrNotLoopback", err)
+	}
+	if h.srv.Addr("billing") == nil || h.srv.Addr("orders") == nil {
+		t.Fatal("a rejected update stopped a route")
+	}
+
+	// Removing a route closes its listener and its sessions at once.
+	ordersAddr := h.srv.Addr("orders").String()
+	if err := h.srv.Update([]Route{billing}); err != nil {
+		t.Fatalf("Update (remove): %v", err)
+	}
+	if _, err := liveReader.ReadString('\n'); err == nil {
+		t.Fatal("session of a removed route still open")
+	}
+	if c, err := net.Dial("tcp", ordersAddr); err == nil {
+		c.Close()
+		t.Fatal("listener of a removed route still accepts")
+	}
+	if h.srv.Addr("orders") != nil {
+		t.Fatal("Addr still reports the removed route")
+	}
 }

@@ -59,6 +59,9 @@ type Route struct {
 	DialTimeout time.Duration
 	// LoginTimeout bounds the login phase of a session. Zero means DefaultLoginTimeout.
 	LoginTimeout time.Duration
+	// MaxConnections caps the route's open sessions. A connection beyond it gets the
+	// protocol's "too many connections" error and is closed. Zero means no limit.
+	MaxConnections int
 }
 
 // TLS configures the upstream TLS connection of a route.
@@ -127,6 +130,9 @@ func (r *Route) Validate() error {
 	}
 	if r.SecretID == "" {
 		return fail("committed_secret_id", "missing")
+	}
+	if r.MaxConnections < 0 {
+		return fail("max_connections", "%d is negative", r.MaxConnections)
 	}
 	if r.DialTimeout < 0 || r.LoginTimeout < 0 {
 		return fail("timeouts", "must not be negative")

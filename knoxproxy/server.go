@@ -9,8 +9,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,8 +29,8 @@ type Config struct {
 	// Routes are the listeners to run. At least one is required.
 	Routes []Route
 	// Credentials supplies each route's secret. Required. Wrap it in a credsource.Cache:
-	// Serve calls Fetch once per session, and calls Invalidate, when the source has it,
-	// before re-fetching credentials that the upstream rejected.
+	// Serve calls Fetch once per session, and after the upstream rejected credentials it
+	// calls the source's Refresh method, or Invalidate and then Fetch, when it has them.
 	Credentials credsource.Source
 	// PeerChecker identifies the process behind each accepted connection. Nil means the
 	// platform's default (peercred.New); on platforms without one, routes with AllowedUIDs
@@ -36,6 +38,8 @@ type Config struct {
 	PeerChecker peercred.Checker
 	// Logger receives lifecycle, session and refusal lines. Nil means no logging.
 	Logger *slog.Logger
+	// Observer receives session events, for metrics. Nil means none.
+	Observer Observer
 	// ShutdownTimeout is how long live sessions may run after the context given to Serve
 	// ends. Zero means DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
@@ -45,13 +49,20 @@ type Config struct {
 
 // Server runs the routes of a Config. Create it with New.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	routes []*routeServer
-	ready  chan struct{}
+	cfg   Config
+	log   *slog.Logger
+	ready chan struct{}
+
+	// updateMu serialises Serve's start and Update.
+	updateMu sync.Mutex
+	// serveCtx is Serve's context, set once the routes are bound; Update needs it to start
+	// accept loops.
+	serveCtx context.Context
 
 	mu       sync.Mutex
+	routes   map[string]*routeServer
 	sessions map[*session]struct{}
+	draining bool
 	wg       sync.WaitGroup
 }
 
@@ -63,16 +74,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Credentials == nil {
 		return nil, errors.New("no credential source configured")
 	}
-	names := make(map[string]bool)
-	for i := range cfg.Routes {
-		r := &cfg.Routes[i]
-		if err := r.Validate(); err != nil {
-			return nil, err
-		}
-		if names[r.Name] {
-			return nil, fmt.Errorf("route %q: name: used by another route", r.Name)
-		}
-		names[r.Name] = true
+	if err := validateRoutes(cfg.Routes); err != nil {
+		return nil, err
 	}
 	if cfg.PeerChecker == nil {
 		cfg.PeerChecker = defaultPeerChecker()
@@ -84,11 +87,36 @@ func New(cfg Config) (*Server, error) {
 		var d net.Dialer
 		cfg.Dial = d.DialContext
 	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, log: log, ready: make(chan struct{}), sessions: make(map[*session]struct{})}, nil
+	cfg.Routes = append([]Route(nil), cfg.Routes...)
+	return &Server{
+		cfg:      cfg,
+		log:      log,
+		ready:    make(chan struct{}),
+		routes:   make(map[string]*routeServer),
+		sessions: make(map[*session]struct{}),
+	}, nil
+}
+
+func validateRoutes(routes []Route) error {
+	names := make(map[string]bool)
+	for i := range routes {
+		r := &routes[i]
+		if err := r.Validate(); err != nil {
+			return err
+		}
+		if names[r.Name] {
+			return fmt.Errorf("route %q: name: used by another route", r.Name)
+		}
+		names[r.Name] = true
+	}
+	return nil
 }
 
 // Serve runs cfg's routes until ctx ends; see Server.Serve.
@@ -103,18 +131,13 @@ func Serve(ctx context.Context, cfg Config) error {
 // Ready is closed once every listener is bound.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
-// Addr returns the TCP address bound for the named route, or nil before Ready or for an
-// unknown route.
+// Addr returns the TCP address bound for the named route, or nil for a route that is not
+// running.
 func (s *Server) Addr(route string) net.Addr {
-	select {
-	case <-s.ready:
-	default:
-		return nil
-	}
-	for _, rs := range s.routes {
-		if rs.route.Name == route {
-			return rs.tcp.Addr()
-		}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rs := s.routes[route]; rs != nil {
+		return rs.tcp.Addr()
 	}
 	return nil
 }
@@ -123,29 +146,152 @@ func (s *Server) Addr(route string) net.Addr {
 // until ctx ends. It then stops accepting, lets live sessions finish for up to the shutdown
 // timeout, and closes those still open, returning ErrShutdownTimeout if there were any.
 func (s *Server) Serve(ctx context.Context) error {
-	if err := s.bindAll(ctx); err != nil {
+	s.updateMu.Lock()
+	bound, err := s.bindRoutes(ctx, s.cfg.Routes)
+	if err != nil {
+		s.updateMu.Unlock()
 		return err
 	}
+	s.serveCtx = ctx
+	for _, rs := range bound {
+		s.startRoute(rs)
+	}
+	s.updateMu.Unlock()
 	close(s.ready)
 
-	var accepting sync.WaitGroup
+	<-ctx.Done()
+	s.updateMu.Lock()
+	defer s.updateMu.Unlock()
+	s.mu.Lock()
+	s.draining = true
+	routes := make([]*routeServer, 0, len(s.routes))
 	for _, rs := range s.routes {
-		for _, ln := range rs.listeners() {
-			accepting.Add(1)
-			go func() {
-				defer accepting.Done()
-				s.acceptLoop(ctx, rs, ln)
-			}()
+		routes = append(routes, rs)
+	}
+	s.mu.Unlock()
+	s.log.Info("shutting down: no longer accepting connections", "open_sessions", s.openSessions())
+	for _, rs := range routes {
+		rs.stopAccepting()
+	}
+	return s.drain()
+}
+
+// Update replaces the running routes with routes, as a configuration reload does: new
+// routes start, removed routes stop and their open sessions are closed at once, and changed
+// routes restart (closing their sessions too). Unchanged routes and their sessions are left
+// alone. If routes is invalid, or a new listener cannot be bound, Update returns an error
+// and keeps the routes that were running.
+func (s *Server) Update(routes []Route) error {
+	if len(routes) == 0 {
+		return errors.New("no routes configured")
+	}
+	if err := validateRoutes(routes); err != nil {
+		return err
+	}
+	s.updateMu.Lock()
+	defer s.updateMu.Unlock()
+	if s.serveCtx == nil || s.serveCtx.Err() != nil {
+		return errors.New("update: the server is not serving")
+	}
+
+	s.mu.Lock()
+	old := make(map[string]*routeServer, len(s.routes))
+	for name, rs := range s.routes {
+		old[name] = rs
+	}
+	s.mu.Unlock()
+
+	var added, changed []Route
+	keep := make(map[string]bool)
+	for _, r := range routes {
+		prev, ok := old[r.Name]
+		switch {
+		case !ok:
+			added = append(added, r)
+		case !reflect.DeepEqual(*prev.route, r):
+			changed = append(changed, r)
+		default:
+			keep[r.Name] = true
 		}
 	}
 
-	<-ctx.Done()
-	s.log.Info("shutting down: no longer accepting connections", "open_sessions", s.openSessions())
-	for _, rs := range s.routes {
-		rs.close()
+	// Stop changed and removed routes first: a changed route may keep its port.
+	var stopped []*routeServer
+	for name, rs := range old {
+		if !keep[name] {
+			s.stopRoute(rs)
+			stopped = append(stopped, rs)
+		}
 	}
-	accepting.Wait()
-	return s.drain()
+	bound, err := s.bindRoutes(s.serveCtx, append(added, changed...))
+	if err != nil {
+		// Put back what was stopped, on the listeners' old addresses.
+		var restore []Route
+		for _, rs := range stopped {
+			restore = append(restore, *rs.route)
+		}
+		if back, rerr := s.bindRoutes(s.serveCtx, restore); rerr == nil {
+			for _, rs := range back {
+				s.startRoute(rs)
+			}
+		} else {
+			s.log.Error("reload failed and the previous routes could not be restored", "err", rerr)
+		}
+		return err
+	}
+	for _, rs := range bound {
+		s.startRoute(rs)
+	}
+	for _, rs := range stopped {
+		if _, still := keepOrNew(routes, rs.route.Name); !still {
+			s.log.Info("route removed", "route", rs.route.Name)
+		}
+	}
+	s.cfg.Routes = append([]Route(nil), routes...)
+	return nil
+}
+
+func keepOrNew(routes []Route, name string) (Route, bool) {
+	for _, r := range routes {
+		if r.Name == name {
+			return r, true
+		}
+	}
+	return Route{}, false
+}
+
+// startRoute registers rs and starts its accept loops.
+func (s *Server) startRoute(rs *routeServer) {
+	s.mu.Lock()
+	s.routes[rs.route.Name] = rs
+	s.mu.Unlock()
+	for _, ln := range rs.listeners() {
+		rs.accepting.Add(1)
+		go func() {
+			defer rs.accepting.Done()
+			s.acceptLoop(rs, ln)
+		}()
+	}
+}
+
+// stopRoute closes rs's listeners, waits for its accept loops and closes its sessions.
+func (s *Server) stopRoute(rs *routeServer) {
+	s.mu.Lock()
+	if s.routes[rs.route.Name] == rs {
+		delete(s.routes, rs.route.Name)
+	}
+	s.mu.Unlock()
+	rs.stopAccepting()
+	s.mu.Lock()
+	n := 0
+	for sess := range s.sessions {
+		if sess.rs == rs {
+			sess.abort()
+			n++
+		}
+	}
+	s.mu.Unlock()
+	s.log.Info("route stopped", "route", rs.route.Name, "closed_sessions", n)
 }
 
 // drain waits for live sessions up to the shutdown timeout, then closes the rest.
@@ -181,30 +327,44 @@ func (s *Server) openSessions() int {
 	return len(s.sessions)
 }
 
-func (s *Server) bindAll(ctx context.Context) error {
-	for i := range s.cfg.Routes {
-		rs, err := s.bind(ctx, &s.cfg.Routes[i])
+// bindRoutes binds the listeners of routes, or none of them if any fails.
+func (s *Server) bindRoutes(ctx context.Context, routes []Route) ([]*routeServer, error) {
+	var bound []*routeServer
+	for i := range routes {
+		rs, err := s.bind(ctx, &routes[i])
 		if err != nil {
-			for _, bound := range s.routes {
-				bound.close()
+			for _, b := range bound {
+				b.stopAccepting()
 			}
-			s.routes = nil
-			return err
+			return nil, err
 		}
-		s.routes = append(s.routes, rs)
+		bound = append(bound, rs)
 	}
-	return nil
+	return bound, nil
 }
 
-// routeServer is a route with its listeners and upstream TLS configuration.
+// routeServer is a running route: its listeners, upstream TLS configuration and counters.
 type routeServer struct {
-	route    *Route
-	proto    protocol
-	tls      *tls.Config
-	tcp      net.Listener
-	unix     net.Listener
-	refusals refusalLimiter
+	route     *Route
+	proto     protocol
+	tls       *tls.Config
+	tcp       net.Listener
+	unix      net.Listener
+	accepting sync.WaitGroup
+	refusals  refusalLimiter
+
+	active           atomic.Int64
+	bytesToUpstream  atomic.Int64
+	bytesToClient    atomic.Int64
+	credentialsFetch atomic.Int32 // fetchUnknown, fetchOK or fetchFailed
 }
+
+// Results of a route's last credential fetch.
+const (
+	fetchUnknown int32 = iota
+	fetchOK
+	fetchFailed
+)
 
 func (rs *routeServer) listeners() []net.Listener {
 	if rs.unix != nil {
@@ -213,13 +373,17 @@ func (rs *routeServer) listeners() []net.Listener {
 	return []net.Listener{rs.tcp}
 }
 
-func (rs *routeServer) close() {
+// stopAccepting closes the listeners and waits for the accept loops to return.
+func (rs *routeServer) stopAccepting() {
 	for _, ln := range rs.listeners() {
 		ln.Close()
 	}
+	rs.accepting.Wait()
 }
 
 func (s *Server) bind(ctx context.Context, r *Route) (*routeServer, error) {
+	copied := *r
+	r = &copied
 	tlsConfig, err := r.upstreamTLSConfig()
 	if err != nil {
 		return nil, err
@@ -257,6 +421,9 @@ func (s *Server) bind(ctx context.Context, r *Route) (*routeServer, error) {
 	}
 	if len(r.AllowedUIDs) > 0 {
 		attrs = append(attrs, "allowed_uids", r.AllowedUIDs)
+	}
+	if r.MaxConnections > 0 {
+		attrs = append(attrs, "max_connections", r.MaxConnections)
 	}
 	s.log.Info("route listening", attrs...)
 	if r.TLS.InsecureSkipVerify {
@@ -313,12 +480,12 @@ func listenUnix(r *Route) (net.Listener, error) {
 	return ln, nil
 }
 
-func (s *Server) acceptLoop(ctx context.Context, rs *routeServer, ln net.Listener) {
+func (s *Server) acceptLoop(rs *routeServer, ln net.Listener) {
 	var delay time.Duration
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) {
 				return
 			}
 			// Out of file descriptors, for example: back off instead of spinning.
@@ -329,6 +496,6 @@ func (s *Server) acceptLoop(ctx context.Context, rs *routeServer, ln net.Listene
 		}
 		delay = 0
 		sess := s.newSession(rs, conn)
-		go sess.run(ctx)
+		go sess.run(s.serveCtx)
 	}
 }

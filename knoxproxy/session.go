@@ -36,9 +36,15 @@ const (
 	outcomeShutdown         = "closed_at_shutdown"
 	outcomeSpliceError      = "io_error"
 	outcomeHandshakeFailed  = "handshake_error"
-	sniffBufferSize         = 16
-	unknownUID              = ^uint32(0)
-	refusalLogInterval      = time.Second
+	outcomeTooMany          = "too_many_connections"
+)
+
+const (
+	// sniffBufferSize is enough for the longest HTTP method checked, plus one byte.
+	sniffBufferSize = 16
+	// unknownUID is what the session logs (as -1) when the peer could not be identified.
+	unknownUID         = ^uint32(0)
+	refusalLogInterval = time.Second
 )
 
 // session is one accepted client connection.
@@ -58,6 +64,7 @@ type session struct {
 func (s *Server) newSession(rs *routeServer, conn net.Conn) *session {
 	sess := &session{srv: s, rs: rs, conn: conn, id: newSessionID(), start: time.Now()}
 	sess.log = s.log.With("route", rs.route.Name, "session", sess.id)
+	rs.active.Add(1)
 	s.mu.Lock()
 	s.sessions[sess] = struct{}{}
 	s.wg.Add(1)
@@ -66,6 +73,7 @@ func (s *Server) newSession(rs *routeServer, conn net.Conn) *session {
 }
 
 func (sess *session) done() {
+	sess.rs.active.Add(-1)
 	sess.srv.mu.Lock()
 	delete(sess.srv.sessions, sess)
 	sess.srv.mu.Unlock()
@@ -108,18 +116,41 @@ func (sess *session) run(ctx context.Context) {
 		if peerErr != nil {
 			reason = "peer_unknown"
 		}
-		sess.rs.refusals.log(sess.log, reason, "peer rejected before reading",
-			"reason", reason, "peer_uid", uidAttr(peer.UID), "peer_pid", peer.PID,
-			"remote", sess.conn.RemoteAddr().String(), "err", peerErr)
+		if logIt, suppressed := sess.rs.refusals.allow(reason); logIt {
+			if peerErr == nil {
+				peer.PID = rejectedPeerPID(sess.srv.cfg.PeerChecker, sess.conn, peer)
+			}
+			sess.log.Warn("peer rejected before reading",
+				"reason", reason, "peer_uid", uidAttr(peer.UID), "peer_pid", peer.PID,
+				"remote", sess.conn.RemoteAddr().String(), "err", peerErr,
+				"suppressed_since_last", suppressed)
+		}
+		sess.srv.cfg.Observer.PeerRejected(r.Name, reason)
 		sess.closeLine(outcomePeerRejected, 0, 0, nil)
 		return
 	}
 	sess.log = sess.log.With("peer_uid", uidAttr(peer.UID), "peer_pid", peer.PID)
 	sess.log.Info("session open", "remote", sess.conn.RemoteAddr().String(), "upstream", r.upstreamAddr())
+	sess.srv.cfg.Observer.SessionOpened(r.Name)
 
 	loginCtx, cancel := context.WithTimeout(ctx, r.loginTimeout())
 	defer cancel()
+
+	// Beyond the route's limit, tell the client in its protocol and close.
+	if r.MaxConnections > 0 && sess.rs.active.Load() > int64(r.MaxConnections) {
+		sess.rs.refusals.log(sess.log, outcomeTooMany, "connection limit reached",
+			"reason", outcomeTooMany, "max_connections", r.MaxConnections)
+		sess.srv.cfg.Observer.PeerRejected(r.Name, outcomeTooMany)
+		client := handshake.NewBufferedConn(sess.conn, sniffBufferSize)
+		stop := handshake.WatchContext(loginCtx, sess.conn)
+		sess.reject(loginCtx, client, handshake.ErrTooManyConnections)
+		stop()
+		sess.closeLine(outcomeTooMany, 0, 0, nil)
+		return
+	}
+
 	conns, outcome, err := sess.login(loginCtx)
+	sess.srv.cfg.Observer.LoginFinished(r.Name, r.Protocol, outcome, time.Since(sess.start))
 	if err != nil {
 		sess.closeLine(outcome, 0, 0, err)
 		if conns.Upstream != nil {
@@ -131,7 +162,8 @@ func (sess *session) run(ctx context.Context) {
 	defer conns.Client.Close()
 
 	// The login phase is over: pump bytes until either side is done.
-	toUpstream, toClient, err := splice.Run(conns.Client, conns.Upstream)
+	toUpstream, toClient, err := splice.RunCounted(conns.Client, conns.Upstream,
+		&sess.rs.bytesToUpstream, &sess.rs.bytesToClient)
 	outcome = outcomeOK
 	if err != nil {
 		outcome = outcomeSpliceError
@@ -163,6 +195,7 @@ func (sess *session) login(ctx context.Context) (handshake.Conns, string, error)
 		if reason != "" {
 			stop()
 			sess.rs.refusals.log(sess.log, reason, "client rejected by its first bytes", "reason", reason)
+			sess.srv.cfg.Observer.PeerRejected(r.Name, reason)
 			return handshake.Conns{}, outcomeBadFirstBytes, fmt.Errorf("client sent %s", reason)
 		}
 	}
@@ -173,6 +206,7 @@ func (sess *session) login(ctx context.Context) (handshake.Conns, string, error)
 
 	// Fetch the route's credentials.
 	creds, err := sess.srv.cfg.Credentials.Fetch(ctx, r.SecretID)
+	sess.recordFetch(err)
 	if err != nil {
 		err = fmt.Errorf("fetch credentials %q: %w", r.SecretID, err)
 		sess.log.Error("credential fetch failed", "secret_id", r.SecretID, "err", err)
@@ -235,6 +269,7 @@ func (sess *session) dial(ctx context.Context) (net.Conn, error) {
 func (sess *session) redialer(creds credsource.Credentials) func(context.Context) (net.Conn, credsource.Credentials, error) {
 	return func(ctx context.Context) (net.Conn, credsource.Credentials, error) {
 		fresh, err := refetch(ctx, sess.srv.cfg.Credentials, sess.rs.route.SecretID, creds)
+		sess.recordFetch(err)
 		if err != nil {
 			return nil, credsource.Credentials{}, err
 		}
@@ -249,6 +284,15 @@ func (sess *session) redialer(creds credsource.Credentials) func(context.Context
 		}
 		return c, fresh, nil
 	}
+}
+
+func (sess *session) recordFetch(err error) {
+	state := fetchOK
+	if err != nil {
+		state = fetchFailed
+	}
+	sess.rs.credentialsFetch.Store(state)
+	sess.srv.cfg.Observer.CredentialsFetched(sess.rs.route.Name, err)
 }
 
 // refetch fetches id again after the upstream rejected the credentials in rejected, past
@@ -324,9 +368,11 @@ func handshakeOutcome(ctx context.Context, err error) string {
 }
 
 func (sess *session) closeLine(outcome string, toUpstream, toClient int64, err error) {
+	duration := time.Since(sess.start)
+	sess.srv.cfg.Observer.SessionClosed(sess.rs.route.Name, outcome, duration, toUpstream, toClient)
 	attrs := []any{
 		"outcome", outcome,
-		"duration", time.Since(sess.start).Round(time.Microsecond),
+		"duration", duration.Round(time.Microsecond),
 		"bytes_to_upstream", toUpstream,
 		"bytes_to_client", toClient,
 	}
@@ -334,7 +380,7 @@ func (sess *session) closeLine(outcome string, toUpstream, toClient int64, err e
 		attrs = append(attrs, "err", err)
 	}
 	switch outcome {
-	case outcomeOK, outcomeCancelRequest, outcomeShutdown, outcomePeerRejected, outcomeBadFirstBytes:
+	case outcomeOK, outcomeCancelRequest, outcomeShutdown, outcomePeerRejected, outcomeBadFirstBytes, outcomeTooMany:
 		sess.log.Info("session closed", attrs...)
 	case outcomeClientGone, outcomeClientProtocol, outcomeLoginTimeout:
 		sess.log.Warn("session closed", attrs...)
@@ -366,7 +412,21 @@ type refusalLimiter struct {
 }
 
 func (l *refusalLimiter) log(log *slog.Logger, reason, msg string, attrs ...any) {
+	ok, suppressed := l.allow(reason)
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		attrs = append(attrs, "suppressed_since_last", suppressed)
+	}
+	log.Warn(msg, attrs...)
+}
+
+// allow reports whether a refusal line for reason may be written now, and how many were
+// suppressed since the last one.
+func (l *refusalLimiter) allow(reason string) (bool, int) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.last == nil {
 		l.last = make(map[string]time.Time)
 		l.suppressed = make(map[string]int)
@@ -374,15 +434,10 @@ func (l *refusalLimiter) log(log *slog.Logger, reason, msg string, attrs ...any)
 	now := time.Now()
 	if now.Sub(l.last[reason]) < refusalLogInterval {
 		l.suppressed[reason]++
-		l.mu.Unlock()
-		return
+		return false, 0
 	}
 	l.last[reason] = now
 	n := l.suppressed[reason]
 	l.suppressed[reason] = 0
-	l.mu.Unlock()
-	if n > 0 {
-		attrs = append(attrs, "suppressed_since_last", n)
-	}
-	log.Warn(msg, attrs...)
+	return true, n
 }

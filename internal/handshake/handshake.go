@@ -31,6 +31,9 @@ var (
 	// ErrCancelRequest means the connection carried a PostgreSQL CancelRequest, which was
 	// forwarded upstream; there is no session to splice.
 	ErrCancelRequest = errors.New("cancel request forwarded")
+	// ErrTooManyConnections is the cause given to Reject when a route is at its connection
+	// limit. Protocols answer with their own "too many connections" error.
+	ErrTooManyConnections = errors.New("too many connections")
 	// ErrCredentialsUnchanged is returned by an Options.Redial that re-fetched the
 	// credentials after an authentication failure and found the same values, so retrying
 	// would fail again.

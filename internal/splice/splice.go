@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"github.com/knoxcall/dbproxy/internal/handshake"
 )
@@ -31,6 +32,13 @@ var (
 // returns the bytes copied each way and the first error other than a clean end of stream; an
 // error caused by that close is not reported. The caller closes both connections afterwards.
 func Run(a, b net.Conn) (aToB, bToA int64, err error) {
+	return RunCounted(a, b, nil, nil)
+}
+
+// RunCounted is Run that also adds the bytes of each write to aToB and bToA as they
+// happen, for figures that must move while the connections stay open. Nil counters are
+// skipped.
+func RunCounted(a, b net.Conn, countAToB, countBToA *atomic.Int64) (aToB, bToA int64, err error) {
 	var (
 		wg       sync.WaitGroup
 		mu       sync.Mutex
@@ -47,12 +55,12 @@ func Run(a, b net.Conn) (aToB, bToA int64, err error) {
 	go func() {
 		defer wg.Done()
 		var e error
-		bToA, e = pump(a, b)
+		bToA, e = pump(a, b, countBToA)
 		record(e)
 		finish(a, b, e)
 	}()
 	var e error
-	aToB, e = pump(b, a)
+	aToB, e = pump(b, a, countAToB)
 	record(e)
 	finish(b, a, e)
 	wg.Wait()
@@ -72,7 +80,7 @@ func finish(dst, src net.Conn, err error) {
 // pump copies src to dst until src ends; a clean end of stream returns a nil error. It does
 // not use io.Copy, because net.TCPConn's WriteTo would bypass the pooled buffers and
 // allocate a buffer of its own on every call.
-func pump(dst, src net.Conn) (int64, error) {
+func pump(dst, src net.Conn, counter *atomic.Int64) (int64, error) {
 	small := smallBuffers.Get().(*[]byte)
 	defer smallBuffers.Put(small)
 	var large *[]byte
@@ -87,8 +95,16 @@ func pump(dst, src net.Conn) (int64, error) {
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {
+			// Count before writing, so that a reader of the counter who has seen the
+			// peer's reply to these bytes also sees them counted.
+			if counter != nil {
+				counter.Add(int64(n))
+			}
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)
+			if counter != nil && w < n {
+				counter.Add(int64(w - n))
+			}
 			if werr != nil {
 				return total, werr
 			}
