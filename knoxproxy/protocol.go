@@ -6,7 +6,10 @@ import (
 
 	"github.com/knoxcall/dbproxy/credsource"
 	"github.com/knoxcall/dbproxy/internal/handshake"
+	"github.com/knoxcall/dbproxy/mongoauth"
+	"github.com/knoxcall/dbproxy/myauth"
 	"github.com/knoxcall/dbproxy/pgauth"
+	"github.com/knoxcall/dbproxy/redisauth"
 )
 
 // protocol is what the core needs from a protocol package.
@@ -27,7 +30,7 @@ type protocol struct {
 // protocols maps Route.Protocol to its implementation.
 var protocols = map[string]protocol{
 	"postgres": {handshake: pgauth.Handshake, reject: pgauth.Reject, clientSpeaksFirst: true},
-	"mysql":    {},
-	"mongodb":  {clientSpeaksFirst: true},
-	"redis":    {clientSpeaksFirst: true, redisInline: true},
+	"mysql":    {handshake: myauth.Handshake, reject: myauth.Reject},
+	"mongodb":  {handshake: mongoauth.Handshake, reject: mongoauth.Reject, clientSpeaksFirst: true},
+	"redis":    {handshake: redisauth.Handshake, reject: redisauth.Reject, clientSpeaksFirst: true, redisInline: true},
 }
