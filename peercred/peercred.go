@@ -38,9 +38,11 @@ type Checker interface {
 // kernel's socket tables for loopback TCP. Only Linux is supported. Elsewhere PeerCred returns
 // ErrNotImplemented. The zero value is ready for use and reports PID 0 for TCP peers.
 type Kernel struct {
-	// ResolvePID makes PeerCred find the PID of a TCP peer by scanning the open file
-	// descriptors of the processes owned by the peer's UID. The scan costs far more than
-	// the UID lookup, so it is off by default. Unix socket peers always get a PID.
+	// ResolvePID makes PeerCred find the PID of a TCP peer by reading the open file
+	// descriptors of the processes owned by the peer's UID, starting with the owners of
+	// recent peers. That costs more than the UID lookup (about 0.15 ms when the owner is a
+	// recent one, several ms for a full scan of /proc), so it is off in the zero value.
+	// Unix socket peers always get a PID.
 	ResolvePID bool
 }
 

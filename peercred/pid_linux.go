@@ -5,7 +5,9 @@ package peercred
 import (
 	"errors"
 	"os"
+	"slices"
 	"strconv"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,6 +26,19 @@ var errPIDNotFound = errors.New("no process holds the socket")
 // process that called prctl(PR_SET_DUMPABLE, 0)) owned by root, so such a peer gets PID 0.
 func findSocketOwner(uid uint32, inode uint64) (int, error) {
 	target := "socket:[" + strconv.FormatUint(inode, 10) + "]"
+	var link [maxLinkLength]byte
+
+	// Most connections come from a few long-lived processes (a service and its pool), so
+	// the processes that owned recent peers are checked before the whole of /proc.
+	for _, pid := range recentOwners.list() {
+		dir := "/proc/" + strconv.Itoa(pid)
+		var st unix.Stat_t
+		if unix.Stat(dir, &st) == nil && st.Uid == uid && holdsSocket(dir+"/fd", target, link[:]) {
+			recentOwners.add(pid)
+			return pid, nil
+		}
+	}
+
 	proc, err := os.Open("/proc")
 	if err != nil {
 		return 0, err
@@ -34,7 +49,6 @@ func findSocketOwner(uid uint32, inode uint64) (int, error) {
 		return 0, err
 	}
 
-	var link [maxLinkLength]byte
 	for _, name := range names {
 		pid, err := strconv.Atoi(name)
 		if err != nil || pid <= 0 {
@@ -46,10 +60,41 @@ func findSocketOwner(uid uint32, inode uint64) (int, error) {
 			continue
 		}
 		if holdsSocket(dir+"/fd", target, link[:]) {
+			recentOwners.add(pid)
 			return pid, nil
 		}
 	}
 	return 0, errPIDNotFound
+}
+
+// maxRecentOwners bounds the processes tried before a full scan, so a miss costs at most
+// this many extra directory reads.
+const maxRecentOwners = 8
+
+// recentOwners lists the PIDs that owned recent peers, most recent first.
+var recentOwners ownerList
+
+type ownerList struct {
+	mu   sync.Mutex
+	pids []int
+}
+
+func (l *ownerList) list() []int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.pids)
+}
+
+func (l *ownerList) add(pid int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if i := slices.Index(l.pids, pid); i >= 0 {
+		l.pids = slices.Delete(l.pids, i, i+1)
+	}
+	l.pids = slices.Insert(l.pids, 0, pid)
+	if len(l.pids) > maxRecentOwners {
+		l.pids = l.pids[:maxRecentOwners]
+	}
 }
 
 func holdsSocket(fdDir, target string, link []byte) bool {
