@@ -254,11 +254,11 @@ func TestFakeReadAhead(t *testing.T) {
 	c := dialClient(t, p.Addr())
 	query, _ := (&pgproto3.Query{String: "select 1"}).Encode(nil)
 	c.Write(append(startupBytes(pgproto3.ProtocolVersion30, "user", "x"), query...))
-	msgs := readUntilReady(t, c)
+	fe := pgproto3.NewFrontend(c, io.Discard)
+	msgs := receiveUntilReady(t, fe)
 	if _, ok := msgs[len(msgs)-1].(*pgproto3.ReadyForQuery); !ok {
 		t.Fatalf("login ended with %#v, want ReadyForQuery", msgs[len(msgs)-1])
 	}
-	fe := pgproto3.NewFrontend(c, io.Discard)
 	msg, err := fe.Receive()
 	if err != nil {
 		t.Fatalf("receive after ReadyForQuery: %v", err)

@@ -276,7 +276,13 @@ func startupBytes(version uint32, params ...string) []byte {
 func readUntilReady(t *testing.T, conn net.Conn) []pgproto3.BackendMessage {
 	t.Helper()
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	fe := pgproto3.NewFrontend(conn, io.Discard)
+	return receiveUntilReady(t, pgproto3.NewFrontend(conn, io.Discard))
+}
+
+// receiveUntilReady is readUntilReady on a Frontend, whose buffer may hold the bytes that
+// follow, so a test can go on reading from it.
+func receiveUntilReady(t *testing.T, fe *pgproto3.Frontend) []pgproto3.BackendMessage {
+	t.Helper()
 	var msgs []pgproto3.BackendMessage
 	for {
 		msg, err := fe.Receive()
