@@ -67,7 +67,7 @@ type proxyConfig struct {
 	Timeout  time.Duration // login timeout; 10 s when zero
 }
 
-func startProxy(t *testing.T, cfg proxyConfig) *testProxy {
+func startProxy(t testing.TB, cfg proxyConfig) *testProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

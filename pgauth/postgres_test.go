@@ -550,3 +550,39 @@ func TestPostgresPasswordMethods(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkLogin measures a full login through the proxy (client startup, upstream TLS and
+// SCRAM-SHA-256-PLUS with the cached salted password) against a direct TLS login with
+// SCRAM from pgx, which derives the salted password on every connection.
+func BenchmarkLogin(b *testing.B) {
+	pg := dbtest.StartPostgres(b, dbtest.PostgresOptions{})
+	b.Run("through proxy", func(b *testing.B) {
+		p := startProxy(b, proxyConfig{
+			Upstream: fmt.Sprintf("%s:%d", pg.Host, pg.Port),
+			Creds:    appCreds,
+			TLS:      pg.Certs.ClientTLS("127.0.0.1"),
+		})
+		cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb sslmode=disable", p.Port))
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchConnect(b, cfg)
+	})
+	b.Run("direct", func(b *testing.B) {
+		cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb user=app password=secret sslmode=verify-full sslrootcert=%s", pg.Port, pg.Certs.CAFile))
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchConnect(b, cfg)
+	})
+}
+
+func benchConnect(b *testing.B, cfg *pgconn.Config) {
+	for b.Loop() {
+		conn, err := pgconn.ConnectConfig(b.Context(), cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		conn.Close(b.Context())
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/knoxcall/dbproxy/credsource"
+	"github.com/knoxcall/dbproxy/internal/dbtest"
 )
 
 // serveOne accepts one connection on a loopback listener, runs fn on it and returns the
@@ -167,5 +168,23 @@ func TestSCRAMClientCache(t *testing.T) {
 	}
 	if again, _ := cache.client("app", "one"); again == a1 {
 		t.Error("least recently used client was not evicted")
+	}
+}
+
+// TestUpstreamDown checks what psql shows when the proxy cannot reach the upstream.
+func TestUpstreamDown(t *testing.T) {
+	p := startProxy(t, proxyConfig{Upstream: fmt.Sprintf("127.0.0.1:%d", dbtest.FreePort(t)), Creds: fakeCreds})
+	start := time.Now()
+	out, err := psql(t, t.Context(), fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb", p.Port), "-c", "select 1").CombinedOutput()
+	if err == nil {
+		t.Fatalf("psql succeeded: %s", out)
+	}
+	for _, want := range []string{`FATAL:  dbproxy route "testroute": `, "connection refused"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("psql output %q does not contain %q", out, want)
+		}
+	}
+	if elapsed := time.Since(start); elapsed > 5*time.Second {
+		t.Errorf("psql took %v to report the failure", elapsed)
 	}
 }
