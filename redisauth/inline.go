@@ -79,7 +79,7 @@ func (r *commandReader) rewriteInline(args [][]byte) {
 	case bytes.EqualFold(name, []byte("RESET")):
 		r.classify(name, len(args))
 	default: // HELLO
-		out := []string{"HELLO"}
+		out := []string{string(name)}
 		if len(args) > 1 {
 			out = append(out, string(args[1]))
 		}
@@ -87,10 +87,10 @@ func (r *commandReader) rewriteInline(args [][]byte) {
 			more := len(args) - 1 - j
 			switch {
 			case bytes.EqualFold(args[j], []byte("AUTH")) && more >= 2:
-				out = append(out, "AUTH", r.user, r.password)
+				out = append(out, string(args[j]), r.user, r.password)
 				j += 2
 			case bytes.EqualFold(args[j], []byte("SETNAME")) && more >= 1:
-				out = append(out, "SETNAME", string(args[j+1]))
+				out = append(out, string(args[j]), string(args[j+1]))
 				j++
 			default:
 				// An invalid option: the server reports it and never sees what follows.

@@ -70,7 +70,7 @@ func (s *replyScanner) scan(b []byte) {
 				return
 			}
 			b = b[s.length:]
-			s.state = replyType
+			s.state, s.length = replyType, 0
 		case replyOff:
 			return
 		}
