@@ -80,6 +80,9 @@ func (c *clientConn) Read(p []byte) (int, error) {
 		n, err := c.Conn.Read(c.in)
 		c.scan(c.in[:n])
 		if err != nil {
+			// Forward a partial header held back for classification: the stream ends here.
+			c.out = append(c.out, c.header[:c.headerLen]...)
+			c.headerLen = 0
 			c.readErr = err
 		}
 	}

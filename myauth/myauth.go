@@ -45,6 +45,9 @@ const (
 // before logging in (see endUpstream).
 const quitTimeout = 5 * time.Second
 
+// errorWriteTimeout bounds the write of an ERR packet after the login timeout has passed.
+const errorWriteTimeout = time.Second
+
 // Handshake runs the MySQL login phase between a client of the agent and the upstream.
 //
 // It reads the upstream's greeting, greets the client with the same server version,
@@ -160,9 +163,8 @@ func (s *session) run(upstream net.Conn, creds credsource.Credentials) (Conns, e
 func (s *session) readGreeting(upstream net.Conn) (*greeting, error) {
 	_, p, err := readPacket(upstream, maxGreetingLen)
 	if err == nil && len(p) > 0 && p[0] == mysql.ERR_HEADER {
-		serr := parseErrPacket(p)
-		writePacket(s.client, 0, p)
-		return nil, fmt.Errorf("upstream greeting: %w", serr)
+		s.sendError(0, p)
+		return nil, fmt.Errorf("upstream greeting: %w", parseErrPacket(p))
 	}
 	var g *greeting
 	if err == nil {
@@ -239,16 +241,25 @@ func foreignProtocol(header [packetHeaderLen]byte) string {
 // an error wrapping ErrClientProtocol.
 func (s *session) clientError(code uint16, state string, protocol41 bool, msg string) error {
 	full := fmt.Sprintf("dbproxy route %q: %s", s.opts.Route, msg)
-	if err := writePacket(s.client, 2, errPacket(code, state, full, protocol41)); err != nil {
-		s.log.Debug("mysql client error not sent", "route", s.opts.Route, "error", err)
-	}
+	s.sendError(2, errPacket(code, state, full, protocol41))
 	return fmt.Errorf("client handshake response: %w: %s", ErrClientProtocol, msg)
 }
 
 // sendAgentError tells the client about a failure of the agent, best effort: the error that
 // Handshake returns already describes it.
 func (s *session) sendAgentError(seq byte, cause error) {
-	if err := writePacket(s.client, seq, agentErrPacket(s.opts.Route, cause)); err != nil {
+	s.sendError(seq, agentErrPacket(s.opts.Route, cause))
+}
+
+// sendError writes an ERR packet to the client. When ctx has ended, which also set a past
+// deadline on the client, the write gets errorWriteTimeout of its own, so that a client
+// still learns that the login timed out.
+func (s *session) sendError(seq byte, payload []byte) {
+	if s.ctx.Err() != nil {
+		s.stop()
+		s.client.SetWriteDeadline(time.Now().Add(errorWriteTimeout))
+	}
+	if err := writePacket(s.client, seq, payload); err != nil {
 		s.log.Debug("mysql client error not sent", "route", s.opts.Route, "error", err)
 	}
 }
