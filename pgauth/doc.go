@@ -2,7 +2,7 @@
 // has no password.
 //
 // Handshake sits between an accepted client connection and a dialed upstream connection. On
-// the client side it answers SSLRequest and GSSENCRequest with 'N', because the agent's
+// the client side it replies 'N' to SSLRequest and GSSENCRequest, because the agent's
 // listener is loopback only, and reads the StartupMessage (protocol 3.0 to 3.2, at most
 // 10000 bytes as in PostgreSQL). It keeps every parameter the client sent, database,
 // application_name, options, replication and _pq_.* included, except user, which becomes the

@@ -37,7 +37,7 @@ func TestFakeUpstreamFaults(t *testing.T) {
 			},
 			wantIs:   ErrUpstreamProtocol,
 			wantCode: codeConnectionFailure,
-			wantText: "answered N to SSLRequest",
+			wantText: "replied N to SSLRequest",
 		},
 		{
 			name: "ErrorResponse to SSLRequest",

@@ -40,8 +40,8 @@ const readBufferSize = splice.SmallBufferSize
 // sends nothing and closes the connection.
 const maxCancelReply = 1 << 10
 
-// Handshake runs the login phase of a PostgreSQL connection. It answers the client's
-// SSLRequest and GSSENCRequest packets with 'N', reads its StartupMessage, opens TLS to the
+// Handshake runs the login phase of a PostgreSQL connection. It replies 'N' to the client's
+// SSLRequest and GSSENCRequest packets, reads its StartupMessage, opens TLS to the
 // upstream with an SSLRequest, logs in there as creds.Username with creds.Password and
 // forwards the login result to the client. Every StartupMessage parameter except user
 // reaches the upstream unchanged.
@@ -59,7 +59,7 @@ func Handshake(ctx context.Context, client, upstream net.Conn, creds credsource.
 	stop := watchContext(ctx, client, upstream)
 	defer stop()
 
-	// StartupMessage or CancelRequest, after answering each SSLRequest and GSSENCRequest.
+	// StartupMessage or CancelRequest, after replying to each SSLRequest and GSSENCRequest.
 	clientConn := handshake.NewBufferedConn(client, readBufferSize)
 	p, err := readClientStartup(clientConn.R, client)
 	if err != nil {
@@ -109,6 +109,9 @@ func retryLogin(ctx context.Context, p startupPacket, opts Options, log *slog.Lo
 	log.DebugContext(ctx, "upstream rejected the credentials, redialing", "error", firstErr.Error())
 	conn, creds, err := opts.Redial(ctx)
 	if err != nil {
+		if conn != nil {
+			conn.Close()
+		}
 		log.DebugContext(ctx, "redial after authentication failure", "error", err.Error())
 		return nil, nil, fmt.Errorf("%w (redial: %v)", firstErr, err)
 	}
@@ -147,10 +150,7 @@ func loginUpstream(ctx context.Context, conn net.Conn, p startupPacket, creds cr
 func fail(ctx context.Context, client net.Conn, route string, err error, stopWatch func()) {
 	var serr *serverError
 	if errors.As(err, &serr) {
-		if ctx.Err() != nil {
-			stopWatch()
-		}
-		client.Write(serr.Reply)
+		writeFinal(ctx, client, serr.Reply, stopWatch)
 		return
 	}
 	msg := fmt.Sprintf("dbproxy route %q: %v", route, err)

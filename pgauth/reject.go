@@ -36,8 +36,8 @@ const errorWriteTimeout = time.Second
 // are read. It holds a StartupMessage of the maximum length.
 const clientReadBufferSize = 16 << 10
 
-// Reject tells a PostgreSQL client that the agent could not set up its session. It answers
-// the client's SSLRequest and GSSENCRequest packets with 'N', reads its StartupMessage and
+// Reject tells a PostgreSQL client that the agent could not set up its session. It replies 'N' to
+// the client's SSLRequest and GSSENCRequest packets, reads its StartupMessage and
 // sends a FATAL ErrorResponse naming route and the failure. The SQLSTATE is 08001 when the
 // upstream could not be reached, 08006 when its TLS handshake or certificate check failed,
 // and 28000 for everything else, credential-source failures included. A CancelRequest gets
@@ -133,16 +133,21 @@ func sendFatal(ctx context.Context, client net.Conn, msg *pgproto3.ErrorResponse
 	if err != nil {
 		return err
 	}
+	return writeFinal(ctx, client, buf, stopWatch)
+}
+
+// writeFinal writes the last bytes a failed login sends to the client.
+func writeFinal(ctx context.Context, client net.Conn, buf []byte, stopWatch func()) error {
 	if ctx.Err() != nil {
 		stopWatch()
 		client.SetWriteDeadline(time.Now().Add(errorWriteTimeout))
 	}
-	_, err = client.Write(buf)
+	_, err := client.Write(buf)
 	return err
 }
 
-// watchContext is handshake.WatchContext with a stop function that also waits for a
-// deadline change in progress, so that a deadline set after stop returns cannot happen.
+// watchContext is handshake.WatchContext with a stop function that, when ctx has already
+// ended, waits for the deadline change to finish, so no deadline is set after stop returns.
 func watchContext(ctx context.Context, conns ...net.Conn) (stop func()) {
 	done := make(chan struct{})
 	cancelWatch := context.AfterFunc(ctx, func() {

@@ -152,7 +152,7 @@ func (l *upstreamLogin) startSCRAM(body []byte) error {
 	return l.send(&pgproto3.SASLInitialResponse{AuthMechanism: l.method, Data: []byte(first)})
 }
 
-// continueSCRAM answers AuthenticationSASLContinue (server-first-message) with the
+// continueSCRAM responds to AuthenticationSASLContinue (server-first-message) with the
 // client-final-message, which carries the proof.
 func (l *upstreamLogin) continueSCRAM(body []byte) error {
 	var req pgproto3.AuthenticationSASLContinue

@@ -36,13 +36,13 @@ const (
 	cancelKeyMin = 4
 
 	// maxEncryptionRequests bounds the SSLRequest and GSSENCRequest packets that may precede
-	// the StartupMessage. libpq sends at most one of each and PostgreSQL accepts at most one
-	// of each; a few more are tolerated for clients that retry, so a looping client still
-	// ends.
+	// the StartupMessage. libpq sends at most one of each, and PostgreSQL accepts at most one
+	// of each. The agent tolerates a few more for clients that retry, but a looping client
+	// still ends.
 	maxEncryptionRequests = 8
 )
 
-// packetKind says which packet opened a client connection.
+// packetKind is the type of the packet that opened a client connection.
 type packetKind int
 
 const (
@@ -192,7 +192,7 @@ func cutCString(b []byte) (s string, rest []byte, ok bool) {
 	return string(b[:i]), b[i+1:], true
 }
 
-// readClientStartup answers every SSLRequest and GSSENCRequest with 'N' and returns the
+// readClientStartup replies 'N' to every SSLRequest and GSSENCRequest and returns the
 // StartupMessage or CancelRequest that follows.
 func readClientStartup(r *bufio.Reader, w io.Writer) (startupPacket, error) {
 	for range maxEncryptionRequests + 1 {
@@ -206,7 +206,7 @@ func readClientStartup(r *bufio.Reader, w io.Writer) (startupPacket, error) {
 		// The agent's listener is loopback only and speaks plaintext to the client; the
 		// upstream leg has its own TLS.
 		if _, err := w.Write([]byte{'N'}); err != nil {
-			return p, fmt.Errorf("answer %s: %w", p.Kind, err)
+			return p, fmt.Errorf("reply to %s: %w", p.Kind, err)
 		}
 	}
 	return startupPacket{}, clientProtocolError("more than %d SSLRequest and GSSENCRequest packets", maxEncryptionRequests)

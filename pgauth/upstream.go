@@ -36,7 +36,7 @@ const (
 	maxSSLReplyRead = 64
 )
 
-// errTLSDeclined means the upstream answered the SSLRequest with something other than 'S'.
+// errTLSDeclined means the upstream replied to the SSLRequest with something other than 'S'.
 var errTLSDeclined = errors.New("upstream declined TLS")
 
 // serverError is an ErrorResponse from the upstream. Reply holds the server's messages,
@@ -63,7 +63,7 @@ func upstreamProtocolError(format string, args ...any) error {
 	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), handshake.ErrUpstreamProtocol)
 }
 
-// startUpstreamTLS sends an SSLRequest on conn, requires the answer 'S' with nothing after
+// startUpstreamTLS sends an SSLRequest on conn, requires the reply 'S' with nothing after
 // it, and runs the TLS handshake.
 func startUpstreamTLS(ctx context.Context, conn net.Conn, cfg *tls.Config) (*tls.Conn, error) {
 	if _, err := conn.Write(sslRequest); err != nil {
@@ -80,12 +80,12 @@ func startUpstreamTLS(ctx context.Context, conn net.Conn, cfg *tls.Config) (*tls
 	switch reply[0] {
 	case 'S':
 	case 'N':
-		return nil, fmt.Errorf("%w: server answered N to SSLRequest: %w", errTLSDeclined, handshake.ErrUpstreamProtocol)
+		return nil, fmt.Errorf("%w: server replied N to SSLRequest: %w", errTLSDeclined, handshake.ErrUpstreamProtocol)
 	case 'E':
 		// The ErrorResponse is plaintext and unauthenticated, so it is not shown to anyone.
-		return nil, fmt.Errorf("%w: server answered SSLRequest with an ErrorResponse: %w", errTLSDeclined, handshake.ErrUpstreamProtocol)
+		return nil, fmt.Errorf("%w: server replied to SSLRequest with an ErrorResponse: %w", errTLSDeclined, handshake.ErrUpstreamProtocol)
 	default:
-		return nil, fmt.Errorf("%w: server answered SSLRequest with byte 0x%02x: %w", errTLSDeclined, reply[0], handshake.ErrUpstreamProtocol)
+		return nil, fmt.Errorf("%w: server replied to SSLRequest with byte 0x%02x: %w", errTLSDeclined, reply[0], handshake.ErrUpstreamProtocol)
 	}
 
 	// Bytes after 'S' would be read as if they came through TLS (CVE-2021-23222 in libpq).
@@ -192,7 +192,7 @@ func (l *upstreamLogin) serverError(msg []byte) error {
 	return &serverError{Code: er.Code, Message: er.Message, AuthFailed: authFailed, Reply: l.reply}
 }
 
-// authenticate answers one Authentication* message.
+// authenticate responds to one Authentication* message.
 func (l *upstreamLogin) authenticate(msg []byte) error {
 	body := msg[5:]
 	if len(body) < 4 {
@@ -202,7 +202,7 @@ func (l *upstreamLogin) authenticate(msg []byte) error {
 	switch authType {
 	case pgproto3.AuthTypeOk:
 		if l.scram != nil && !l.scram.Valid() {
-			// Without AuthenticationSASLFinal the server never proved that it knows the
+			// Without AuthenticationSASLFinal the server never proved that it has the
 			// password, so it may be an impostor.
 			return upstreamProtocolError("upstream sent AuthenticationOk before completing SCRAM")
 		}
