@@ -29,10 +29,10 @@ const (
 	readBufferSize = 16 * 1024
 )
 
-// errNeedMore tells Read to return the bytes it already has instead of blocking.
+// errNeedMore makes Read return the bytes it already has instead of blocking.
 var errNeedMore = errors.New("need more input")
 
-// commandKind says how the arguments of the current command are handled.
+// commandKind is the handling of the arguments of the current command are handled.
 type commandKind uint8
 
 const (
@@ -342,7 +342,7 @@ func (r *commandReader) helloArgument(index, headerLen int, size, total int64, w
 }
 
 // replaceEmpty drops an argument of an invalid HELLO and sends an empty string in its
-// place. The server then reports the syntax error at this option and never sees the
+// place. The server then reports the syntax error at this option and never receives the
 // values that follow, which may be credentials.
 func (r *commandReader) replaceEmpty(total int64) {
 	r.helloBad = true
@@ -384,7 +384,7 @@ func (r *commandReader) protocolError(err error, reason string) error {
 	return nil
 }
 
-// rejectionCommand encodes a command that no Redis server knows, so the server replies
+// rejectionCommand encodes a command that Redis does not implement, so the server replies
 // "-ERR unknown command 'dbproxy', with args beginning with: '<reason>'" in order with
 // the replies to pipelined commands. Redis 7.0 shows at most 128 bytes of the reason.
 func rejectionCommand(route, reason string) []byte {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -174,20 +175,45 @@ func TestCommandReaderLongInline(t *testing.T) {
 }
 
 func TestCommandReaderStreamsLargeValue(t *testing.T) {
-	const size = 8 << 20
-	input := "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$" + fmt.Sprint(size) + "\r\n" +
-		strings.Repeat("a", size) + "\r\n" + resp("AUTH", "x")
-	cr := newCommandReader(strings.NewReader(input), testRoute, testUser, testPassword)
-	got, err := io.ReadAll(cr)
-	if err != nil {
-		t.Fatal(err)
+	const size = 64 << 20
+	header := "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$" + fmt.Sprint(size) + "\r\n"
+	trailer := "\r\n" + resp("AUTH", "x")
+	input := io.MultiReader(strings.NewReader(header),
+		io.LimitReader(&cycleReader{data: bytes.Repeat([]byte("abcdefgh"), 512)}, size),
+		strings.NewReader(trailer))
+	cr := newCommandReader(input, testRoute, testUser, testPassword)
+
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	p := make([]byte, 32<<10)
+	var total int
+	var tail []byte
+	for {
+		n, err := cr.Read(p)
+		total += n
+		if n > 0 {
+			tail = append(tail[:0], p[max(0, n-200):n]...)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
-	want := input[:len(input)-len(resp("AUTH", "x"))] + resp("AUTH", testUser, testPassword)
-	if string(got) != want {
-		t.Errorf("large value: got %d bytes, want %d", len(got), len(want))
+	runtime.ReadMemStats(&after)
+
+	want := len(header) + size + len(resp("AUTH", testUser, testPassword)) + 2
+	if total != want {
+		t.Errorf("64 MiB SET: got %d bytes, want %d", total, want)
 	}
-	if cap(cr.out) > 1024 {
-		t.Errorf("rewrite buffer grew to %d bytes: the value was buffered", cap(cr.out))
+	if !bytes.HasSuffix(tail, []byte(resp("AUTH", testUser, testPassword))) {
+		t.Errorf("AUTH after the 64 MiB value was not rewritten: tail %q", tail)
+	}
+	allocated := after.TotalAlloc - before.TotalAlloc
+	t.Logf("64 MiB SET: %d bytes allocated while reading", allocated)
+	if allocated > 1<<20 {
+		t.Errorf("64 MiB SET allocated %d bytes, want under 1 MiB: the value was buffered", allocated)
 	}
 }
 

@@ -7,7 +7,7 @@
 // or AUTH password when the stored credentials have no user name. The reply decides the
 // session: +OK hands both connections to the splice, and an error reply fails it. A
 // failure is never a silent close: Redis clients speak first, so the agent reads the
-// client's first command and answers it with one error reply naming the route, such as
+// client's first command and replies to it with one error naming the route, such as
 //
 //	-WRONGPASS dbproxy route "cache": upstream rejected the stored credentials: invalid username-password pair or user is disabled.
 //	-ERR dbproxy route "cache": upstream tls handshake: tls: failed to verify certificate: ...

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -163,5 +164,38 @@ func TestHandshakeSendsAuthAndKeepsReadAhead(t *testing.T) {
 				t.Errorf("first upstream read: got %q, %v; want +EXTRA", got, err)
 			}
 		})
+	}
+}
+
+func TestRedirectReplyIsLoggedOnce(t *testing.T) {
+	redirectWarned.Store(false)
+	t.Cleanup(func() { redirectWarned.Store(false) })
+	addr, clientTLS, _ := fakeUpstream(t, true, func(c net.Conn) {
+		io.WriteString(c, "+OK\r\n-MOVED 3999 127.0.0.1:6381\r\n-ASK 3999 127.0.0.1:6381\r\n")
+		io.Copy(io.Discard, c)
+	})
+	upstream, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer upstream.Close()
+	client, _ := loopbackPair(t)
+	var logs syncBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	conns, err := Handshake(t.Context(), client, upstream, appCreds(),
+		Options{Route: testRoute, TLSConfig: clientTLS, Logger: logger})
+	if err != nil {
+		t.Fatalf("Handshake: %v", err)
+	}
+	want := "-MOVED 3999 127.0.0.1:6381\r\n-ASK 3999 127.0.0.1:6381\r\n"
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(conns.Upstream, got); err != nil || string(got) != want {
+		t.Fatalf("replies: got %q, %v; want them unchanged", got, err)
+	}
+	if n := strings.Count(logs.String(), "level=WARN"); n != 1 {
+		t.Errorf("got %d warnings, want 1:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), "redirect=MOVED") {
+		t.Errorf("warning does not name the MOVED redirect:\n%s", logs.String())
 	}
 }

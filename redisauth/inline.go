@@ -93,7 +93,7 @@ func (r *commandReader) rewriteInline(args [][]byte) {
 				out = append(out, string(args[j]), string(args[j+1]))
 				j++
 			default:
-				// An invalid option: the server reports it and never sees what follows.
+				// An invalid option: the server reports it and never receives what follows.
 				for ; j < len(args); j++ {
 					out = append(out, "")
 				}
@@ -153,7 +153,8 @@ func isRewritten(name []byte) bool {
 
 // firstToken returns the first argument of an inline line without quote processing.
 // quoted reports that the argument contains a quote, so only splitArgs can tell what it
-// is. complete reports that the argument ends within buf; atEnd says buf is the whole line.
+// is. complete reports that the argument ends within buf, and atEnd means that buf is the
+// whole line.
 func firstToken(buf []byte, atEnd bool) (name []byte, quoted, complete bool) {
 	i := 0
 	for i < len(buf) && isSpace(buf[i]) {

@@ -31,22 +31,22 @@ var (
 
 const (
 	// upstreamBufferSize is the read buffer on the upstream connection, which must hold
-	// the whole reply to AUTH. Redis 7's longest AUTH error, the one for AUTH without a
-	// password configured, is about 120 bytes.
+	// the whole reply to AUTH. Redis 7.0.15's WRONGPASS reply is 65 bytes, so 1 KiB leaves
+	// room for longer error texts.
 	upstreamBufferSize = 1024
 	// maxErrorText bounds the text of an error reply that the agent writes to a client.
 	maxErrorText = 512
 	// firstCommandTimeout bounds the wait for the client's first command when the agent
-	// has only an error to send back, if ctx allows longer.
+	// has only an error to send back.
 	firstCommandTimeout = 5 * time.Second
 	// maxFirstCommandLen bounds the bytes of the first command read before the error reply
 	// is sent: enough for any login command, far less than a large SET.
 	maxFirstCommandLen = 1 << 20
-	// lingerTimeout bounds the time spent answering commands with an error reply and
+	// lingerTimeout bounds the time spent replying to commands with an error and
 	// waiting for the client to close, so that closing the socket with unread input does
 	// not reset the connection before the client has read the reply.
 	lingerTimeout = time.Second
-	// maxErrorReplies bounds the commands answered with the error reply.
+	// maxErrorReplies bounds the number of commands that get the error reply.
 	maxErrorReplies = 16
 )
 
@@ -55,8 +55,8 @@ const (
 // client connection it returns rewrites the client's AUTH and HELLO credentials and
 // rejects RESET; see the package documentation.
 //
-// When the login fails, Handshake reads the client's first command, answers it with an
-// error reply that names the route (keeping the server's error code, such as WRONGPASS),
+// When the login fails, Handshake reads the client's first command, replies to it with
+// an error that names the route (keeping the server's error code, such as WRONGPASS),
 // and returns an error. An error reply to AUTH wraps ErrAuthFailed; opts.Redial, when set,
 // gets one chance to supply a new connection and credentials first.
 func Handshake(ctx context.Context, client, upstream net.Conn, creds credsource.Credentials, opts Options) (Conns, error) {
@@ -167,10 +167,11 @@ func login(ctx context.Context, raw net.Conn, creds credsource.Credentials, opts
 	return nil, fmt.Errorf("upstream auth: unexpected reply %.40q: %w", line, ErrUpstreamProtocol)
 }
 
-// Reject tells a client that the agent could not set up its session. Redis clients speak
-// first, so it reads the client's first command (bounded by ctx, firstCommandTimeout and
-// maxFirstCommandLen) and answers it with "-ERR dbproxy route "NAME": cause". It half-closes
-// the client connection after the reply but leaves closing it to the caller.
+// Reject reports to a client that the agent could not set up its session. Redis clients
+// speak first, so it reads the client's first command (bounded by ctx, firstCommandTimeout
+// and maxFirstCommandLen) and replies with "-ERR dbproxy route "NAME": cause", as
+// replyToFirstCommand describes. It half-closes the client connection after the reply and
+// leaves closing it to the caller.
 func Reject(ctx context.Context, client net.Conn, route string, cause error) error {
 	ctx, cancel := context.WithTimeout(ctx, firstCommandTimeout)
 	defer cancel()
@@ -201,7 +202,7 @@ func sanitize(s string) string {
 	return strings.NewReplacer("\r", " ", "\n", " ").Replace(s)
 }
 
-// replyToFirstCommand reads the client's first command and answers it with reply. Some
+// replyToFirstCommand reads the client's first command and replies to it with reply. Some
 // clients send more commands before they look at a reply: go-redis, for example, falls
 // back from HELLO to AUTH. So the next commands get the same reply too, up to
 // maxErrorReplies within lingerTimeout, before the connection is half-closed.

@@ -15,7 +15,7 @@ var redirectWarned atomic.Bool
 // maxLengthDigits bounds the digits of a reply length: 18 digits cannot overflow int64.
 const maxLengthDigits = 18
 
-// replyState is where replyScanner is within the reply stream.
+// replyState is the position of replyScanner within the reply stream.
 type replyState uint8
 
 const (

@@ -23,7 +23,7 @@ const (
 	RedisPassword        = "secret"
 )
 
-// redisStartTimeout bounds the wait for a new server to answer PING.
+// redisStartTimeout bounds the wait for a new server to reply to PING.
 const redisStartTimeout = 10 * time.Second
 
 // RedisOptions change how StartRedis configures the server. The zero value gives a server
@@ -119,7 +119,7 @@ func (r *Redis) Stop() {
 
 func (r *Redis) pidFile() string { return filepath.Join(r.Dir, "redis.pid") }
 
-// waitReady polls until the server accepts a TLS login as RedisUser and answers PING.
+// waitReady polls until the server accepts a TLS login as RedisUser and replies to PING.
 func (r *Redis) waitReady(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(redisStartTimeout)
