@@ -187,7 +187,7 @@ func readFrontendMessage(r *bufio.Reader) ([]byte, error) {
 	return msg, err
 }
 
-// TestFakeStalledServer checks that a server that never answers ends the login at the
+// TestFakeStalledServer checks that a server that never replies ends the login at the
 // context deadline, with ctx's error and a FATAL message to the client.
 func TestFakeStalledServer(t *testing.T) {
 	for _, stage := range []string{"SSLRequest", "StartupMessage"} {
@@ -201,7 +201,7 @@ func TestFakeStalledServer(t *testing.T) {
 					}
 					stalled = tc
 				}
-				io.Copy(io.Discard, stalled) // read until the proxy gives up, answer nothing
+				io.Copy(io.Discard, stalled) // read until the proxy gives up, reply nothing
 			})
 			const timeout = 300 * time.Millisecond
 			p := startProxy(t, proxyConfig{Upstream: f.Addr, Creds: fakeCreds, TLS: f.Certs.ClientTLS("127.0.0.1"), Timeout: timeout})

@@ -36,15 +36,15 @@ const errorWriteTimeout = time.Second
 // are read. It holds a StartupMessage of the maximum length.
 const clientReadBufferSize = 16 << 10
 
-// Reject tells a PostgreSQL client that the agent could not set up its session. It replies 'N' to
-// the client's SSLRequest and GSSENCRequest packets, reads its StartupMessage and
+// Reject tells a PostgreSQL client that the agent could not set up its session. It replies
+// 'N' to the client's SSLRequest and GSSENCRequest packets, reads its StartupMessage and
 // sends a FATAL ErrorResponse naming route and the failure. The SQLSTATE is 08001 when the
 // upstream could not be reached, 08006 when its TLS handshake or certificate check failed,
 // and 28000 for everything else, credential-source failures included. A CancelRequest gets
 // no reply. Reject does not close client.
 //
-// cause must not contain a secret: its text is sent to the client. Errors of the
-// credsource package and of this module never do.
+// cause must not contain a secret, because its text is sent to the client. The
+// credsource.Source contract keeps secret values out of a source's errors.
 func Reject(ctx context.Context, client net.Conn, route string, cause error) error {
 	stop := watchContext(ctx, client)
 	defer stop()
