@@ -28,6 +28,7 @@ var (
 	ErrClientProtocol       = handshake.ErrClientProtocol
 	ErrUpstreamProtocol     = handshake.ErrUpstreamProtocol
 	ErrCancelRequest        = handshake.ErrCancelRequest
+	ErrTooManyConnections   = handshake.ErrTooManyConnections
 	ErrCredentialsUnchanged = handshake.ErrCredentialsUnchanged
 )
 

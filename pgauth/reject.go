@@ -25,6 +25,7 @@ const (
 	codeFeatureNotSupported = "0A000" // feature_not_supported
 	codeInvalidAuthSpec     = "28000" // invalid_authorization_specification
 	codeInvalidPassword     = "28P01" // invalid_password
+	codeTooManyConnections  = "53300" // too_many_connections
 )
 
 // errorWriteTimeout bounds the write of a final ErrorResponse to the client once the login
@@ -40,7 +41,8 @@ const clientReadBufferSize = 16 << 10
 // 'N' to the client's SSLRequest and GSSENCRequest packets, reads its StartupMessage and
 // sends a FATAL ErrorResponse naming route and the failure. The SQLSTATE is 08001 when the
 // upstream could not be reached, 08006 when its TLS handshake or certificate check failed,
-// and 28000 for everything else, credential-source failures included. A CancelRequest gets
+// 53300 when the route is at its connection limit (handshake.ErrTooManyConnections), and
+// 28000 for everything else, credential-source failures included. A CancelRequest gets
 // no reply. Reject does not close client.
 //
 // cause must not contain a secret, because its text is sent to the client. The
@@ -74,6 +76,8 @@ func Reject(ctx context.Context, client net.Conn, route string, cause error) err
 // rejectCode picks the SQLSTATE for a failure that kept the session from starting.
 func rejectCode(cause error) string {
 	switch {
+	case errors.Is(cause, handshake.ErrTooManyConnections):
+		return codeTooManyConnections
 	case isTLSError(cause):
 		return codeConnectionFailure
 	case isNetError(cause):

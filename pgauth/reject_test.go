@@ -52,6 +52,7 @@ func TestReject(t *testing.T) {
 		{"certificate rejected", fmt.Errorf("upstream tls handshake: %w", x509.HostnameError{Certificate: &x509.Certificate{}, Host: "db"}), codeConnectionFailure, "certificate"},
 		{"secret not found", fmt.Errorf("fetch credentials for secret %q: %w", "sec_orders", credsource.ErrNotFound), codeInvalidAuthSpec, "secret not found"},
 		{"other source failure", errors.New("secrets file: permission denied"), codeInvalidAuthSpec, "permission denied"},
+		{"route at connection limit", ErrTooManyConnections, codeTooManyConnections, "too many connections"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
