@@ -403,6 +403,37 @@ func TestClientLeavesEndsUpstreamWithQuit(t *testing.T) {
 	}
 }
 
+// TestClientStallTimesOut checks that a client that never sends its response gets an ERR at
+// the login timeout, and that the upstream connection still ends with COM_QUIT.
+func TestClientStallTimesOut(t *testing.T) {
+	f := startFake(t, func(f *fakeUpstream, c net.Conn) error {
+		tc, _, err := f.acceptLogin(c, mysql.AUTH_NATIVE_PASSWORD)
+		if err != nil {
+			return err
+		}
+		writePacket(tc, 3, okPacket)
+		if _, p, err := readPacket(tc, 100); err != nil || string(p) != "\x01" {
+			return fmt.Errorf("after login: %x %v, want COM_QUIT", p, err)
+		}
+		return nil
+	})
+	p := f.proxyTo(t, 300*time.Millisecond)
+	c, _, _ := fakeClient(t, p.Addr)
+	_, pkt, err := readPacket(c, maxServerPacketLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if serr := parseErrPacket(pkt); pkt[0] != mysql.ERR_HEADER || !strings.Contains(serr.Message, "login timeout") {
+		t.Errorf("client got %x, want ERR about the login timeout", pkt)
+	}
+	if err := lastHandshakeError(t, p); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Handshake error %v, want context.DeadlineExceeded", err)
+	}
+	if err := <-f.errs; err != nil {
+		t.Errorf("fake upstream: %v", err)
+	}
+}
+
 func TestClientProtocolErrors(t *testing.T) {
 	tests := []struct {
 		name     string
@@ -412,10 +443,10 @@ func TestClientProtocolErrors(t *testing.T) {
 	}{
 		{"http", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 1043, "HTTP"},
 		{"tls client hello", []byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01}, 1043, "TLS"},
-		{"ssl request", packet(1, (&response{capabilities: fakeCaps, maxPacketSize: 1 << 24}).marshal("", nil, "", true)), 1043, "TLS is not offered"},
-		{"protocol 320", packet(1, []byte{0x05, 0x00, 0xff, 0xff, 0xff, 'a', 'p', 'p', 0}), 1251, "4.1"},
-		{"wrong sequence id", packet(5, (&response{capabilities: fakeCaps &^ mysql.CLIENT_SSL}).marshal("app", nil, "", false)), 1043, "sequence id 5"},
-		{"truncated response", packet(1, []byte{0x0d, 0xa2, 0, 0, 0, 0, 0, 1}), 1043, "malformed"},
+		{"ssl request", rawPacket(1, (&response{capabilities: fakeCaps, maxPacketSize: 1 << 24}).marshal("", nil, "", true)), 1043, "TLS is not offered"},
+		{"protocol 320", rawPacket(1, []byte{0x05, 0x00, 0xff, 0xff, 0xff, 'a', 'p', 'p', 0}), 1251, "4.1"},
+		{"wrong sequence id", rawPacket(5, (&response{capabilities: fakeCaps &^ mysql.CLIENT_SSL}).marshal("app", nil, "", false)), 1043, "sequence id 5"},
+		{"truncated response", rawPacket(1, []byte{0x0d, 0xa2, 0, 0, 0, 0, 0, 1}), 1043, "malformed"},
 		{"too long", []byte{0xff, 0xff, 0x7f, 1}, 1043, "too long"},
 	}
 	f := startFake(t, func(f *fakeUpstream, c net.Conn) error {
@@ -488,7 +519,7 @@ func TestReject(t *testing.T) {
 	}
 }
 
-func packet(seq byte, payload []byte) []byte {
+func rawPacket(seq byte, payload []byte) []byte {
 	n := len(payload)
 	return append([]byte{byte(n), byte(n >> 8), byte(n >> 16), seq}, payload...)
 }

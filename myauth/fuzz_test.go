@@ -69,10 +69,10 @@ func FuzzParseGreeting(f *testing.F) {
 // arbitrary size. It must not panic, never adds bytes, and passes a stream without any
 // COM_CHANGE_USER byte (0x11) through unchanged.
 func FuzzClientStream(f *testing.F) {
-	f.Add(packet(0, []byte("\x03SELECT 1")), uint8(3))
-	f.Add(append(packet(0, []byte("\x03LOAD DATA LOCAL INFILE 'x' INTO TABLE t")),
-		append(packet(2, []byte("1\ta\n")), packet(3, nil)...)...), uint8(7))
-	f.Add(append(packet(0, []byte("\x11app\x00\x00")), packet(0, []byte{0x0e})...), uint8(1))
+	f.Add(rawPacket(0, []byte("\x03SELECT 1")), uint8(3))
+	f.Add(append(rawPacket(0, []byte("\x03LOAD DATA LOCAL INFILE 'x' INTO TABLE t")),
+		append(rawPacket(2, []byte("1\ta\n")), rawPacket(3, nil)...)...), uint8(7))
+	f.Add(append(rawPacket(0, []byte("\x11app\x00\x00")), rawPacket(0, []byte{0x0e})...), uint8(1))
 	f.Fuzz(func(t *testing.T, stream []byte, chunk uint8) {
 		in := &chunkConn{data: stream, chunk: int(chunk%64) + 1}
 		c := newClientConn(in, 0, "fuzz")

@@ -2,6 +2,7 @@ package myauth
 
 import (
 	"bytes"
+	"compress/zlib"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -187,18 +188,16 @@ func TestMariaDB(t *testing.T) {
 	})
 
 	t.Run("unknown database", func(t *testing.T) {
-		db := openDB(t, proxies["native"].Addr, "")
-		db.SetMaxIdleConns(0)
-		_, err := db.Exec("USE appdb") // the pool dials with appdb; now try a missing one
+		// With a grant on it, a missing database is 1049 rather than 1044 (access denied).
+		m.Exec(t, "GRANT ALL ON nosuchdb.* TO 'native'@'%'")
+		db, err := sql.Open("mysql", fmt.Sprintf("app@tcp(%s)/nosuchdb?timeout=5s", proxies["native"].Addr))
 		if err != nil {
 			t.Fatal(err)
 		}
-		dsn := fmt.Sprintf("app@tcp(%s)/nosuchdb?timeout=5s", proxies["native"].Addr)
-		db2, _ := sql.Open("mysql", dsn)
-		defer db2.Close()
-		err = db2.Ping()
-		if got := mysqlErrorNumber(err); got != 1049 && got != 1044 {
-			t.Errorf("ping error %v (number %d), want 1049 or 1044", err, got)
+		defer db.Close()
+		err = db.Ping()
+		if got := mysqlErrorNumber(err); got != 1049 {
+			t.Errorf("ping error %v (number %d), want 1049", err, got)
 		}
 	})
 
@@ -221,6 +220,32 @@ func TestMariaDB(t *testing.T) {
 		// The session still works.
 		if p := rawCommand(t, c, []byte{0x0e}); p[0] != 0x00 {
 			t.Errorf("COM_PING after COM_CHANGE_USER reply %x, want OK", p)
+		}
+	})
+
+	t.Run("change user on compressed session", func(t *testing.T) {
+		// The parser is off on compressed sessions, so COM_CHANGE_USER reaches the server,
+		// which must reject it: the client has no password.
+		caps := mysql.CLIENT_LONG_PASSWORD | mysql.CLIENT_PROTOCOL_41 | mysql.CLIENT_SECURE_CONNECTION |
+			mysql.CLIENT_PLUGIN_AUTH | mysql.CLIENT_TRANSACTIONS | mysql.CLIENT_COMPRESS
+		c, _ := rawLoginCaps(t, proxies["native"].Addr, caps)
+		change := append([]byte{mysql.COM_CHANGE_USER}, "native\x00\x00appdb\x00\x21\x00mysql_native_password\x00"...)
+		if err := writeFrame(c, 0, 0, change); err != nil {
+			t.Fatal(err)
+		}
+		cseq, p := readFrame(t, c)
+		if p[0] == 0xfe {
+			// AuthSwitchRequest: answer as a client without a password would.
+			if err := writeFrame(c, cseq+1, 2, nil); err != nil {
+				t.Fatal(err)
+			}
+			_, p = readFrame(t, c)
+		}
+		if p[0] != mysql.ERR_HEADER {
+			t.Fatalf("COM_CHANGE_USER without password on a compressed session got %x, want ERR", p)
+		}
+		if code := parseErrPacket(p).Code; code != 1045 {
+			t.Errorf("COM_CHANGE_USER error %v, want 1045 from the server", parseErrPacket(p))
 		}
 	})
 
@@ -364,4 +389,63 @@ func rawCommand(t *testing.T, c net.Conn, cmd []byte) []byte {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestMariaDBTooManyConnections checks that the server's 1040, which MariaDB sends in place
+// of the greeting, reaches the client unchanged.
+func TestMariaDBTooManyConnections(t *testing.T) {
+	m := dbtest.StartMariaDB(t, dbtest.MariaDBOptions{Args: []string{"--max-connections=10"}})
+	p := startProxy(t, proxyConfig{upstream: m.Addr(), tls: m.Certs.ClientTLS("127.0.0.1"),
+		creds: credsource.Credentials{Username: "native", Password: "secret"}})
+	// 10 is MariaDB's minimum max_connections. The one extra session it admits is for users
+	// with the CONNECTION ADMIN privilege, which native lacks.
+	first := openDB(t, p.Addr, "")
+	for i := range 10 {
+		conn, err := first.Conn(context.Background())
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		defer conn.Close()
+	}
+	err := openDB(t, p.Addr, "").Ping()
+	if got := mysqlErrorNumber(err); got != 1040 {
+		t.Errorf("connection beyond the limit: error %v (number %d), want 1040", err, got)
+	}
+}
+
+// writeFrame sends one packet in a frame of the compressed protocol, stored uncompressed
+// (uncompressed length 0), which every server accepts.
+func writeFrame(c net.Conn, frameSeq, seq byte, payload []byte) error {
+	pkt := rawPacket(seq, payload)
+	n := len(pkt)
+	_, err := c.Write(append([]byte{byte(n), byte(n >> 8), byte(n >> 16), frameSeq, 0, 0, 0}, pkt...))
+	return err
+}
+
+// readFrame reads one frame of the compressed protocol and returns its sequence id and the
+// payload of the first packet in it.
+func readFrame(t *testing.T, c net.Conn) (byte, []byte) {
+	t.Helper()
+	var header [7]byte
+	if _, err := io.ReadFull(c, header[:]); err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, int(header[0])|int(header[1])<<8|int(header[2])<<16)
+	if _, err := io.ReadFull(c, body); err != nil {
+		t.Fatal(err)
+	}
+	if header[4] != 0 || header[5] != 0 || header[6] != 0 {
+		zr, err := zlib.NewReader(bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if body, err = io.ReadAll(zr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, p, err := readPacket(bytes.NewReader(body), maxServerPacketLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return header[3], p
 }

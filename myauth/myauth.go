@@ -191,7 +191,7 @@ func (s *session) readGreeting(upstream net.Conn) (*greeting, error) {
 func (s *session) readResponse() (*response, error) {
 	var header [packetHeaderLen]byte
 	if _, err := io.ReadFull(s.client, header[:]); err != nil {
-		return nil, fmt.Errorf("client handshake response: %w", err)
+		return nil, s.responseReadError(err)
 	}
 	if what := foreignProtocol(header); what != "" {
 		return nil, s.clientError(codeHandshakeError, stateCommunication, true,
@@ -203,7 +203,7 @@ func (s *session) readResponse() (*response, error) {
 			fmt.Sprintf("handshake response: %v", err))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("client handshake response: %w", err)
+		return nil, s.responseReadError(err)
 	}
 	if seq != 1 {
 		return nil, s.clientError(codeHandshakeError, stateCommunication, true,
@@ -221,6 +221,16 @@ func (s *session) readResponse() (*response, error) {
 			"client does not support protocol 4.1; upgrade the client")
 	}
 	return resp, nil
+}
+
+// responseReadError wraps a failed read of the client's response. When the login timeout
+// ended it, the client still gets an ERR saying so.
+func (s *session) responseReadError(err error) error {
+	if s.ctx.Err() != nil {
+		msg := fmt.Sprintf("dbproxy route %q: no handshake response before the login timeout", s.opts.Route)
+		s.sendError(2, errPacket(codeHandshakeError, stateCommunication, msg, true))
+	}
+	return fmt.Errorf("client handshake response: %w", err)
 }
 
 // foreignProtocol names the protocol when a packet header is really the start of an HTTP

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"testing"
@@ -33,6 +34,7 @@ type proxyConfig struct {
 	tls      *tls.Config
 	redial   func(ctx context.Context) (net.Conn, credsource.Credentials, error)
 	timeout  time.Duration
+	logger   *slog.Logger
 }
 
 func startProxy(t *testing.T, cfg proxyConfig) *testProxy {
@@ -79,7 +81,8 @@ func (p *testProxy) serve(c net.Conn, cfg proxyConfig) {
 		return
 	}
 	defer up.Close()
-	conns, err := Handshake(ctx, c, up, cfg.creds, Options{Route: "test-route", TLSConfig: cfg.tls, Redial: cfg.redial})
+	conns, err := Handshake(ctx, c, up, cfg.creds, Options{Route: "test-route", TLSConfig: cfg.tls,
+		Redial: cfg.redial, Logger: cfg.logger})
 	p.record(err)
 	if err != nil {
 		return
@@ -96,6 +99,13 @@ func (p *testProxy) record(err error) {
 		return
 	}
 	p.errs = append(p.errs, err)
+}
+
+// Logins returns how many Handshakes have succeeded.
+func (p *testProxy) Logins() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logins
 }
 
 // Errors returns the Handshake errors so far.
