@@ -598,13 +598,17 @@ func TestMaxConnections(t *testing.T) {
 	if got := readLine(t, bufio.NewReader(second)); !strings.Contains(got, "too many connections") {
 		t.Fatalf("second session: got %q, want a too-many-connections error", got)
 	}
-	stats := h.srv.Stats()
-	if len(stats) != 1 || stats[0].OpenSessions != 1 {
+	// The rejected session may still be closing after its client read the error.
+	deadline := time.Now().Add(5 * time.Second)
+	for h.srv.Stats()[0].OpenSessions != 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if stats := h.srv.Stats(); len(stats) != 1 || stats[0].OpenSessions != 1 {
 		t.Errorf("Stats = %+v, want one route with one open session", stats)
 	}
 	first.Close()
 	// The slot frees once the first session ends.
-	deadline := time.Now().Add(5 * time.Second)
+	deadline = time.Now().Add(5 * time.Second)
 	for h.srv.Stats()[0].OpenSessions != 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/knoxcall/dbproxy/credsource"
@@ -103,10 +104,20 @@ func CloseWrite(c net.Conn) error {
 }
 
 // WatchContext makes blocked reads and writes on conns return as soon as ctx is done, by
-// setting a deadline in the past. The returned stop function undoes the watch; call it
-// before handing the connections on, then ClearDeadlines.
+// setting a deadline in the past. The returned stop function ends the watch and reports
+// whether it did so before ctx was done. Once stop has returned, the watch sets no more
+// deadlines, so a following ClearDeadlines is final.
 func WatchContext(ctx context.Context, conns ...net.Conn) (stop func() bool) {
-	return context.AfterFunc(ctx, func() {
+	var (
+		mu      sync.Mutex
+		stopped bool
+	)
+	stopAfter := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
 		past := time.Unix(1, 0)
 		for _, c := range conns {
 			if c != nil {
@@ -114,6 +125,13 @@ func WatchContext(ctx context.Context, conns ...net.Conn) (stop func() bool) {
 			}
 		}
 	})
+	return func() bool {
+		beforeDone := stopAfter()
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
+		return beforeDone
+	}
 }
 
 // ClearDeadlines removes any deadline from conns.
