@@ -256,7 +256,7 @@ func (r *commandReader) nextCommand(wait bool) error {
 // the replacement for AUTH and RESET.
 func (r *commandReader) classify(name []byte, count int) commandKind {
 	switch {
-	case bytes.EqualFold(name, []byte("AUTH")):
+	case equalFold(name, "AUTH"):
 		if count == 2 || count == 3 {
 			r.out = append(r.out, r.authCommand...)
 		} else {
@@ -264,10 +264,10 @@ func (r *commandReader) classify(name []byte, count int) commandKind {
 			r.out = appendCommand(r.out, "AUTH")
 		}
 		return commandDrop
-	case bytes.EqualFold(name, []byte("RESET")):
+	case equalFold(name, "RESET"):
 		r.out = append(r.out, r.resetCommand...)
 		return commandDrop
-	case bytes.EqualFold(name, []byte("HELLO")):
+	case equalFold(name, "HELLO"):
 		r.helloVals, r.helloKeep, r.helloBad = 0, false, false
 		return commandHello
 	}
@@ -326,10 +326,10 @@ func (r *commandReader) helloArgument(index, headerLen int, size, total int64, w
 		}
 		option := buf[headerLen:]
 		switch {
-		case bytes.EqualFold(option, []byte("AUTH")) && r.argsLeft >= 2:
+		case equalFold(option, "AUTH") && r.argsLeft >= 2:
 			r.helloVals = 2
 			r.raw = total
-		case bytes.EqualFold(option, []byte("SETNAME")) && r.argsLeft >= 1:
+		case equalFold(option, "SETNAME") && r.argsLeft >= 1:
 			r.helloKeep = true
 			r.raw = total
 		default:
@@ -437,4 +437,23 @@ func parseInteger(b []byte) (int64, bool) {
 		return -int64(v), true
 	}
 	return int64(v), true
+}
+
+// equalFold reports whether b equals the upper-case ASCII word, ignoring ASCII case as
+// Redis's strcasecmp does. bytes.EqualFold would also match Unicode folds such as the
+// long s (U+017F) for 's'.
+func equalFold(b []byte, word string) bool {
+	if len(b) != len(word) {
+		return false
+	}
+	for i := range len(b) {
+		c := b[i]
+		if 'a' <= c && c <= 'z' {
+			c -= 'a' - 'A'
+		}
+		if c != word[i] {
+			return false
+		}
+	}
+	return true
 }

@@ -180,6 +180,7 @@ func TestRedirectReplyIsLoggedOnce(t *testing.T) {
 	}
 	defer upstream.Close()
 	client, _ := loopbackPair(t)
+
 	var logs syncBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	conns, err := Handshake(t.Context(), client, upstream, appCreds(),
@@ -187,6 +188,7 @@ func TestRedirectReplyIsLoggedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Handshake: %v", err)
 	}
+
 	want := "-MOVED 3999 127.0.0.1:6381\r\n-ASK 3999 127.0.0.1:6381\r\n"
 	got := make([]byte, len(want))
 	if _, err := io.ReadFull(conns.Upstream, got); err != nil || string(got) != want {

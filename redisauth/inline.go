@@ -74,9 +74,9 @@ func (r *commandReader) inlineCommand(wait bool) error {
 func (r *commandReader) rewriteInline(args [][]byte) {
 	name := args[0]
 	switch {
-	case bytes.EqualFold(name, []byte("AUTH")):
+	case equalFold(name, "AUTH"):
 		r.classify(name, len(args))
-	case bytes.EqualFold(name, []byte("RESET")):
+	case equalFold(name, "RESET"):
 		r.classify(name, len(args))
 	default: // HELLO
 		out := []string{string(name)}
@@ -86,10 +86,10 @@ func (r *commandReader) rewriteInline(args [][]byte) {
 		for j := 2; j < len(args); j++ {
 			more := len(args) - 1 - j
 			switch {
-			case bytes.EqualFold(args[j], []byte("AUTH")) && more >= 2:
+			case equalFold(args[j], "AUTH") && more >= 2:
 				out = append(out, string(args[j]), r.user, r.password)
 				j += 2
-			case bytes.EqualFold(args[j], []byte("SETNAME")) && more >= 1:
+			case equalFold(args[j], "SETNAME") && more >= 1:
 				out = append(out, string(args[j]), string(args[j+1]))
 				j++
 			default:
@@ -146,9 +146,9 @@ func (r *commandReader) streamInline(p []byte, wait bool) (int, error) {
 
 // isRewritten reports whether name is a command whose arguments the agent replaces.
 func isRewritten(name []byte) bool {
-	return bytes.EqualFold(name, []byte("AUTH")) ||
-		bytes.EqualFold(name, []byte("HELLO")) ||
-		bytes.EqualFold(name, []byte("RESET"))
+	return equalFold(name, "AUTH") ||
+		equalFold(name, "HELLO") ||
+		equalFold(name, "RESET")
 }
 
 // firstToken returns the first argument of an inline line without quote processing.

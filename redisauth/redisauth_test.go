@@ -53,6 +53,7 @@ func startProxy(t *testing.T, cfg proxyConfig) *proxy {
 	}
 	p := &proxy{addr: ln.Addr().String(), errors: make(chan error, 100), logs: &syncBuffer{}}
 	logger := slog.New(slog.NewTextHandler(p.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var open []net.Conn
@@ -65,6 +66,7 @@ func startProxy(t *testing.T, cfg proxyConfig) *proxy {
 		mu.Unlock()
 		wg.Wait()
 	})
+
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -543,7 +545,7 @@ func TestTLSClientCertificate(t *testing.T) {
 	}
 
 	// The server rejects a client without a certificate during the TLS handshake or at
-	// the first read; either way the client gets an error that names the route.
+	// the first read. Either way the client gets an error that names the route.
 	without := startProxy(t, proxyConfig{upstream: r.Addr(), tls: r.Certs.ClientTLS(r.Host), creds: appCreds()})
 	out := redisCLI(t, without.addr, "PING")
 	if !strings.Contains(out, `ERR dbproxy route "cache"`) {
@@ -581,5 +583,44 @@ func TestReject(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Errorf("Reject: %v", err)
+	}
+}
+
+func TestInlineAndBadInputThroughProxy(t *testing.T) {
+	_, p := startRedisProxy(t, appCreds())
+	c := dialRaw(t, p.addr)
+
+	// Inline commands, as typed into telnet, get the same rewrite.
+	io.WriteString(c, "AUTH someone else\r\nACL WHOAMI\r\n")
+	for _, want := range []string{"+OK", "app"} {
+		if got := c.reply(t); got != want {
+			t.Errorf("inline command: got %q, want %q", got, want)
+		}
+	}
+
+	// A frame Redis rejects ends the session with errors, not a silent close.
+	io.WriteString(c, "*1\r\n+PING\r\n")
+	got := c.reply(t)
+	if !strings.HasPrefix(got, "-ERR unknown command 'dbproxy'") || !strings.Contains(got, "protocol error: expected '$'") {
+		t.Errorf("bad frame: got %q, want the dbproxy protocol error", got)
+	}
+	if got := c.reply(t); !strings.HasPrefix(got, "-ERR Protocol error") {
+		t.Errorf("bad frame: second reply %q, want the server's protocol error", got)
+	}
+	if _, err := c.r.ReadByte(); err == nil {
+		t.Error("connection still open after the protocol error")
+	}
+}
+
+func TestDefaultUserCredentials(t *testing.T) {
+	// Without a user name the agent sends AUTH password, which Redis checks against
+	// requirepass, and HELLO's AUTH clause names the user "default".
+	_, p := startRedisProxy(t, credsource.Credentials{Password: dbtest.RedisDefaultPassword})
+	if got := redisCLI(t, p.addr, "-a", "dummy", "ACL", "WHOAMI"); got != "default" {
+		t.Errorf("redis-cli -a dummy: got %q, want default", got)
+	}
+	user, err := newGoRedis(t, p.addr, 3).Do(t.Context(), "ACL", "WHOAMI").Text()
+	if err != nil || user != "default" {
+		t.Errorf("go-redis over RESP3: got %q, %v; want default", user, err)
 	}
 }
