@@ -1,0 +1,82 @@
+package bench
+
+import (
+	"encoding/csv"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// redisBenchmark runs redis-benchmark and returns the requests per second of each test.
+func redisBenchmark(args ...string) (map[string]float64, error) {
+	out, err := exec.Command("redis-benchmark", args...).CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("redis-benchmark %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	// --csv prints a header line, then "TEST","RPS",... per test.
+	records, err := csv.NewReader(strings.NewReader(string(out))).ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("redis-benchmark output: %v\n%s", err, out)
+	}
+	rps := map[string]float64{}
+	for _, rec := range records {
+		if len(rec) < 2 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(rec[1], 64); err == nil {
+			rps[rec[0]] = v
+		}
+	}
+	if len(rps) == 0 {
+		return nil, fmt.Errorf("redis-benchmark printed no results:\n%s", out)
+	}
+	return rps, nil
+}
+
+func runRedisBenchmark(t *testing.T, e *env, rep *report) {
+	cfg := e.cfg
+	rep.section("redis-benchmark GET and SET")
+	rep.line("`redis-benchmark -t get,set -c 50 -n N --csv`: direct adds `--tls --cacert CA --user app -a PASSWORD`;")
+	rep.line("through the agent it connects in plaintext with no password. N is %d, and %d with -P 16.", cfg.redisRequests, 10*cfg.redisRequests)
+	rep.line("")
+	type path struct {
+		name string
+		args []string
+	}
+	paths := []path{
+		{"direct", []string{"-h", "127.0.0.1", "-p", strconv.Itoa(e.redis.Port), "--tls", "--cacert", e.redis.Certs.CAFile,
+			"--user", "app", "-a", "secret"}},
+		{"agent", []string{"-h", "127.0.0.1", "-p", strconv.Itoa(e.agent.redisPort)}},
+	}
+	rows := [][]string{}
+	for _, pipeline := range []int{1, 16} {
+		n := cfg.redisRequests
+		if pipeline > 1 {
+			n *= 10
+		}
+		results := map[string]sample{}
+		for round := range cfg.rounds {
+			for _, p := range rotate(paths, round) {
+				args := append(append([]string(nil), p.args...), "-t", "get,set", "-c", "50", "-n", strconv.Itoa(n),
+					"-P", strconv.Itoa(pipeline), "--csv")
+				rps, err := redisBenchmark(args...)
+				if err != nil {
+					t.Fatalf("%s: %v", p.name, err)
+				}
+				for _, test := range []string{"SET", "GET"} {
+					results[p.name+" "+test] = append(results[p.name+" "+test], rps[test])
+				}
+				t.Logf("redis -P %d round %d %s: %v", pipeline, round, p.name, rps)
+			}
+		}
+		for _, test := range []string{"GET", "SET"} {
+			ratio := ratios(results["agent "+test], results["direct "+test])
+			rows = append(rows, []string{test, strconv.Itoa(pipeline),
+				results["direct "+test].spread("%.0f"), results["agent "+test].spread("%.0f"),
+				ratio.spread("%.2f"), "≥ 0.90", verdict(ratio.median(), 0.90, true)})
+		}
+	}
+	rep.table([]string{"test", "pipeline (-P)", "direct req/s", "agent req/s", "agent / direct", "target", "verdict"}, rows)
+}
