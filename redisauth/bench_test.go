@@ -61,3 +61,25 @@ func BenchmarkReplyScanner(b *testing.B) {
 		s.scan(replies)
 	}
 }
+
+func TestCommandReaderAllocatesNothing(t *testing.T) {
+	tests := []struct {
+		name     string
+		commands string
+	}{
+		{"array", resp("SET", "key", "value") + resp("GET", "key")},
+		{"inline", "SET key value\r\nGET key\r\n"},
+		{"auth and hello", resp("AUTH", "dummy") + resp("HELLO", "3", "AUTH", "u", "p")},
+		{"large value", resp("SET", "k", strings.Repeat("v", 100<<10))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cr := newCommandReader(&cycleReader{data: []byte(tt.commands)}, testRoute, testUser, testPassword)
+			p := make([]byte, 4096)
+			cr.Read(p) // the first rewrite may grow the output buffer once
+			if allocs := testing.AllocsPerRun(1000, func() { cr.Read(p) }); allocs != 0 {
+				t.Errorf("Read allocated %v times per call, want 0", allocs)
+			}
+		})
+	}
+}
