@@ -14,9 +14,9 @@ import (
 	"github.com/knoxcall/dbproxy/internal/handshake"
 )
 
-// maxAuthRounds bounds the packets the upstream may send before OK or ERR. The longest
-// exchange supported here is AuthSwitchRequest, then caching_sha2_password's full
-// authentication: switch, fast-auth failure, OK.
+// maxAuthRounds is the maximum number of packets the upstream may send before OK or ERR.
+// The longest supported exchange takes three: AuthSwitchRequest to caching_sha2_password,
+// AuthMoreData requesting full authentication, then OK.
 const maxAuthRounds = 8
 
 // Packet markers of the authentication exchange.
@@ -25,8 +25,8 @@ const (
 	authSwitchRequest = 0xfe // Protocol::AuthSwitchRequest
 )
 
-// ErrUnsupportedPlugin is wrapped when the upstream asks for an authentication plugin that
-// the agent cannot answer.
+// ErrUnsupportedPlugin is wrapped when the upstream requests an authentication plugin that
+// the agent does not implement.
 var ErrUnsupportedPlugin = errors.New("unsupported authentication plugin")
 
 // upstreamCapabilities are the flags sent upstream besides the ones the client negotiated:
@@ -57,7 +57,7 @@ func loginUpstream(ctx context.Context, conn net.Conn, g *greeting, resp *respon
 	}
 	l := &login{conn: tc}
 
-	// HandshakeResponse41 with the first answer for the greeting's plugin.
+	// HandshakeResponse41 with the auth response for the greeting's plugin.
 	plugin := g.authPlugin
 	auth, err := authResponse(plugin, g.scramble, creds.Password)
 	if err != nil {
@@ -108,12 +108,12 @@ func loginUpstream(ctx context.Context, conn net.Conn, g *greeting, resp *respon
 	return nil, fmt.Errorf("upstream auth: %w: no result after %d packets", handshake.ErrUpstreamProtocol, maxAuthRounds)
 }
 
-// switchPlugin answers an AuthSwitchRequest (0xfe, plugin name, NUL, plugin data) with the
-// answer for the new plugin, computed from the request's own scramble.
+// switchPlugin returns the reply to an AuthSwitchRequest (0xfe, plugin name, NUL, plugin
+// data): the auth response of the new plugin, computed from the request's own scramble.
 func switchPlugin(p []byte, password string) (plugin string, reply []byte, err error) {
 	r := reader{b: p[1:]}
 	if r.empty() {
-		// The one-byte form asks for mysql_old_password, removed in MySQL 5.7.
+		// The one-byte form requests mysql_old_password, removed in MySQL 5.7.
 		return "", nil, unsupportedPlugin(mysql.AUTH_MYSQL_OLD_PASSWORD)
 	}
 	plugin = r.nulString()
@@ -123,14 +123,14 @@ func switchPlugin(p []byte, password string) (plugin string, reply []byte, err e
 	scramble := bytes.TrimSuffix(r.rest(), []byte{0})
 	reply, err = authResponse(plugin, scramble, password)
 	if reply == nil && err == nil {
-		reply = []byte{} // an empty answer still takes a packet
+		reply = []byte{} // an empty auth response is still sent as a packet
 	}
 	return plugin, reply, err
 }
 
-// moreData answers AuthMoreData. Only caching_sha2_password sends it to a TLS client: 0x03
-// says the fast path succeeded (OK follows), 0x04 asks for the password, which is safe to
-// send because the connection is TLS.
+// moreData returns the reply to AuthMoreData, or nil when none is due. Only
+// caching_sha2_password sends it to a TLS client. Status 0x03 means the fast path succeeded
+// and OK follows. Status 0x04 requests the password, which is safe to send inside TLS.
 func moreData(plugin string, p []byte, password string) ([]byte, error) {
 	if plugin != mysql.AUTH_CACHING_SHA2_PASSWORD || len(p) != 2 {
 		return nil, fmt.Errorf("%w: unexpected AuthMoreData for %s", handshake.ErrUpstreamProtocol, plugin)

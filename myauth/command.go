@@ -10,7 +10,7 @@ import (
 	"github.com/knoxcall/dbproxy/internal/handshake"
 )
 
-// codeChangeUser is the code of the ERR that answers COM_CHANGE_USER: ER_NOT_SUPPORTED_YET
+// codeChangeUser is the code of the ERR sent in reply to COM_CHANGE_USER: ER_NOT_SUPPORTED_YET
 // (1235, SQLSTATE 42000).
 const (
 	codeChangeUser  = mysql.ER_NOT_SUPPORTED_YET
@@ -28,9 +28,9 @@ const (
 )
 
 // clientConn is the client connection handed to the splice. On an uncompressed session it
-// follows the packet headers of the client's stream to find command boundaries, and answers
-// COM_CHANGE_USER with an ERR instead of forwarding it: the server would re-authenticate with
-// the client's credentials, which the client does not have.
+// follows the packet headers of the client's stream to find command boundaries. It replies to
+// COM_CHANGE_USER with an ERR instead of forwarding it, because the server would
+// re-authenticate with the client's credentials, which the client does not have.
 //
 // The parser reads only packet headers and the first payload byte of each command, so it
 // costs one copy of the stream. When it sees a sequence id it cannot place, it stops
@@ -168,7 +168,7 @@ func (c *clientConn) startPacket(length int) {
 	c.finishDrop()
 }
 
-// finishDrop answers a COM_CHANGE_USER once all of it has been read.
+// finishDrop sends the ERR for a COM_CHANGE_USER once all of it has been read.
 func (c *clientConn) finishDrop() {
 	if !c.dropping || c.remaining > 0 || c.continued {
 		return

@@ -1,6 +1,7 @@
-// Package myauth runs the login phase of the MySQL client/server protocol (MySQL 5.7 and 8,
-// MariaDB 10 and 11) for the agent: the application logs in to the agent without a password,
-// and the agent logs in to the real server with the route's stored credentials over TLS.
+// Package myauth runs the login phase of the MySQL client/server protocol for the agent. The
+// application logs in to the agent without a password, and the agent logs in to the real
+// server over TLS with the route's stored credentials. It is tested against MariaDB 10.11
+// and a caching_sha2_password server built on go-mysql; MySQL 8 itself was not available.
 //
 // # Login
 //

@@ -235,7 +235,7 @@ func TestMariaDB(t *testing.T) {
 		}
 		cseq, p := readFrame(t, c)
 		if p[0] == 0xfe {
-			// AuthSwitchRequest: answer as a client without a password would.
+			// AuthSwitchRequest: reply as a client without a password would.
 			if err := writeFrame(c, cseq+1, 2, nil); err != nil {
 				t.Fatal(err)
 			}

@@ -50,14 +50,14 @@ const errorWriteTimeout = time.Second
 
 // Handshake runs the MySQL login phase between a client of the agent and the upstream.
 //
-// It reads the upstream's greeting, greets the client with the same server version,
-// connection id, capabilities (without CLIENT_SSL) and plugin name but a scramble of its own,
-// reads the client's HandshakeResponse41 without checking its user or auth response, then
-// logs in upstream over TLS as creds with the capabilities the client chose. The server's OK
-// or ERR reaches the client with the sequence id it expects.
+// It reads the upstream's greeting and greets the client with the same server version,
+// connection id, capabilities (without CLIENT_SSL) and plugin name, but a scramble of its own.
+// It reads the client's HandshakeResponse41 without checking its user or auth response. Then
+// it logs in upstream over TLS as creds with the capabilities the client chose, and forwards
+// the server's OK or ERR with the sequence id the client expects.
 //
-// Every failure is reported to the client as an ERR packet before Handshake returns, so the
-// caller must not call Reject afterwards. The error wraps ErrAuthFailed (and is a
+// Every failure is reported to a client that is still connected as an ERR packet before
+// Handshake returns, so the caller must not call Reject afterwards. The error wraps ErrAuthFailed (and is a
 // *ServerError) when the upstream rejected the credentials, ErrClientProtocol for bad client
 // input, and ErrUpstreamProtocol for an upstream without TLS or with an unsupported plugin.
 func Handshake(ctx context.Context, client, upstream net.Conn, creds credsource.Credentials, opts Options) (Conns, error) {
@@ -186,16 +186,16 @@ func (s *session) readGreeting(upstream net.Conn) (*greeting, error) {
 	return g, nil
 }
 
-// readResponse reads the client's HandshakeResponse41 and answers input the agent cannot use
-// (HTTP, TLS, SSLRequest, HandshakeResponse320, malformed packets) with an ERR.
+// readResponse reads the client's HandshakeResponse41. Input the agent cannot use (HTTP, TLS,
+// SSLRequest, HandshakeResponse320, malformed packets) gets an ERR.
 func (s *session) readResponse() (*response, error) {
 	var header [packetHeaderLen]byte
 	if _, err := io.ReadFull(s.client, header[:]); err != nil {
 		return nil, s.responseReadError(err)
 	}
-	if what := foreignProtocol(header); what != "" {
+	if protocol := foreignProtocol(header); protocol != "" {
 		return nil, s.clientError(codeHandshakeError, stateCommunication, true,
-			fmt.Sprintf("received %s on a MySQL port", what))
+			fmt.Sprintf("received %s on a MySQL port", protocol))
 	}
 	seq, p, err := readPayload(s.client, header, maxResponseLen)
 	if errors.Is(err, errPacketTooLong) {
@@ -255,8 +255,8 @@ func (s *session) clientError(code uint16, state string, protocol41 bool, msg st
 	return fmt.Errorf("client handshake response: %w: %s", ErrClientProtocol, msg)
 }
 
-// sendAgentError tells the client about a failure of the agent, best effort: the error that
-// Handshake returns already describes it.
+// sendAgentError sends the client an ERR for a failure of the agent. It is best effort,
+// because the error that Handshake returns already describes the failure.
 func (s *session) sendAgentError(seq byte, cause error) {
 	s.sendError(seq, agentErrPacket(s.opts.Route, cause))
 }
@@ -304,9 +304,9 @@ func upstreamResponse(resp *response, g *greeting) *response {
 	return &up
 }
 
-// retry handles a 1045 from the first login: it asks opts.Redial for a new connection and
+// retry handles a 1045 from the first login. It calls opts.Redial for a new connection and
 // fresh credentials and logs in once more. It returns the login whose result the client
-// gets: the first one when the credentials are unchanged or the redial failed.
+// gets, which is the first one when the credentials are unchanged or the redial failed.
 func (s *session) retry(first *login, resp, up *response) (*login, error) {
 	first.conn.Close()
 	conn, creds, err := s.opts.Redial(s.ctx)

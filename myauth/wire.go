@@ -44,6 +44,7 @@ func parseGreeting(p []byte) (*greeting, error) {
 	scramble := r.bytes(8)
 	r.skip(1)
 	g.capabilities = uint32(r.uint16())
+
 	if r.err != nil {
 		return nil, fmt.Errorf("%w: greeting: %v", errMalformed, r.err)
 	}
@@ -52,6 +53,7 @@ func parseGreeting(p []byte) (*greeting, error) {
 		g.scramble = scramble
 		return g, nil
 	}
+
 	g.charset = r.byte()
 	g.status = r.uint16()
 	g.capabilities |= uint32(r.uint16()) << 16
@@ -66,6 +68,7 @@ func parseGreeting(p []byte) (*greeting, error) {
 		scramble = bytes.TrimSuffix(scramble, []byte{0})
 	}
 	g.scramble = scramble
+
 	if g.capabilities&mysql.CLIENT_PLUGIN_AUTH != 0 {
 		// Some MySQL 5.5 servers omit the NUL after the plugin name, so take the rest.
 		g.authPlugin = string(bytes.TrimSuffix(r.rest(), []byte{0}))
@@ -154,6 +157,7 @@ func parseResponse(p []byte) (*response, error) {
 		resp.authResponse = r.rest()
 		return resp, nil
 	}
+
 	resp.capabilities |= uint32(r.uint16()) << 16
 	resp.maxPacketSize = r.uint32()
 	resp.charset = r.byte()
@@ -168,6 +172,7 @@ func parseResponse(p []byte) (*response, error) {
 		resp.sslRequest = true
 		return resp, nil
 	}
+
 	resp.user = r.nulString()
 	switch {
 	case resp.capabilities&mysql.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA != 0:
@@ -177,6 +182,8 @@ func parseResponse(p []byte) (*response, error) {
 	default:
 		resp.authResponse = []byte(r.nulString())
 	}
+
+	// The optional trailing fields.
 	if resp.capabilities&mysql.CLIENT_CONNECT_WITH_DB != 0 && !r.empty() {
 		resp.database = r.nulString()
 	}
@@ -211,6 +218,7 @@ func (resp *response) marshal(user string, authResponse []byte, authPlugin strin
 	if sslRequest {
 		return p
 	}
+
 	p = append(p, user...)
 	p = append(p, 0)
 	if caps&mysql.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
@@ -219,6 +227,7 @@ func (resp *response) marshal(user string, authResponse []byte, authPlugin strin
 		p = append(p, byte(len(authResponse)))
 	}
 	p = append(p, authResponse...)
+
 	if caps&mysql.CLIENT_CONNECT_WITH_DB != 0 {
 		p = append(p, resp.database...)
 		p = append(p, 0)
