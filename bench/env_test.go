@@ -46,6 +46,8 @@ func startEnv(t *testing.T, cfg settings) *env {
 	e.pg = dbtest.StartPostgres(t, dbtest.PostgresOptions{
 		Conf: fmt.Sprintf("max_connections = %d\nshared_buffers = 256MB\n", cfg.maxConnections),
 	})
+	// pgbench's tables serve the pgbench and profile steps.
+	run(t, "pgbench", "-i", "-q", "-s", strconv.Itoa(cfg.pgbenchScale), e.pgDirect())
 	e.redis = dbtest.StartRedis(t, dbtest.RedisOptions{})
 	if cfg.wants("mysql") {
 		e.maria = dbtest.StartMariaDB(t, dbtest.MariaDBOptions{Args: []string{"--max-connections=500"}})

@@ -54,10 +54,6 @@ func pgbench(connstr string, args ...string) (float64, error) {
 
 func runPgbench(t *testing.T, e *env, rep *report) {
 	cfg := e.cfg
-	out, err := exec.Command("pgbench", "-i", "-q", "-s", strconv.Itoa(cfg.pgbenchScale), e.pgDirect()).CombinedOutput()
-	if err != nil {
-		t.Fatalf("pgbench -i: %v\n%s", err, out)
-	}
 	modes := []pgMode{modeDirect, modeAgent, modePgBouncer}
 	seconds := strconv.Itoa(int(cfg.pgbenchTime.Seconds()))
 	variants := []struct {
