@@ -53,7 +53,9 @@ func TestRegistryServesScrapeTimeFigures(t *testing.T) {
 	}}
 	reg, err := New(NewObserver(), Sources{
 		Routes: func() []knoxproxy.RouteStats { return stats },
-		Cache:  func() credsource.CacheStats { return credsource.CacheStats{Hits: 7, Misses: 2, Fetches: 2, FetchErrors: 1} },
+		Cache: func() credsource.CacheStats {
+			return credsource.CacheStats{Hits: 7, Misses: 2, Fetches: 2, FetchErrors: 1}
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
