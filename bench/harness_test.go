@@ -34,6 +34,7 @@ type settings struct {
 	memRedis       int // idle Redis sessions in the memory step
 	profileTime    time.Duration
 	maxConnections int // PostgreSQL max_connections
+	fileLimit      uint64
 }
 
 func settingsFor(mode string) (settings, error) {
@@ -77,7 +78,12 @@ func TestHarness(t *testing.T) {
 	if *roundsFlag > 0 {
 		cfg.rounds = *roundsFlag
 	}
-	raiseFileLimit(t, 1<<18)
+	cfg.fileLimit = raiseFileLimit(t, 1<<18)
+	// The agent holds two descriptors per session; keep a few hundred for everything else.
+	if limit := int(cfg.fileLimit/2) - 200; cfg.memRedis > limit {
+		t.Logf("memory step: %d Redis sessions instead of %d, to stay under RLIMIT_NOFILE %d", limit, cfg.memRedis, cfg.fileLimit)
+		cfg.memRedis = limit
+	}
 
 	rep := newReport(cfg)
 	servers := startEnv(t, cfg)
@@ -123,14 +129,24 @@ func TestHarness(t *testing.T) {
 	t.Logf("results written to %s", out)
 }
 
-// raiseFileLimit sets RLIMIT_NOFILE to n: the memory step holds one descriptor per session
-// here, two in the agent and one in the server, and the children inherit the limit.
-func raiseFileLimit(t *testing.T, n uint64) {
+// raiseFileLimit sets RLIMIT_NOFILE to n, or to the hard limit when the process may not
+// raise that (no CAP_SYS_RESOURCE), and returns the limit in force. The memory step holds
+// one descriptor per session here and two in the agent, and the children inherit the limit.
+func raiseFileLimit(t *testing.T, n uint64) uint64 {
 	t.Helper()
-	lim := syscall.Rlimit{Cur: n, Max: n}
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Logf("raise RLIMIT_NOFILE to %d: %v (the memory step may fail)", n, err)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: n, Max: n}); err == nil {
+		return n
 	}
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatalf("read RLIMIT_NOFILE: %v", err)
+	}
+	lim.Cur = lim.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatalf("raise RLIMIT_NOFILE to the hard limit %d: %v", lim.Max, err)
+	}
+	t.Logf("RLIMIT_NOFILE stays at the hard limit %d: raising it needs CAP_SYS_RESOURCE", lim.Max)
+	return lim.Max
 }
 
 // loadAverage returns the 1, 5 and 15 minute load averages of /proc/loadavg.

@@ -122,7 +122,8 @@ func runMemory(t *testing.T, e *env, rep *report) {
 	rep.section("Agent memory per idle session")
 	rep.line("The harness opens the sessions through the agent with %d parallel workers, waits %v, and", memoryOpenWorkers, memorySettle)
 	rep.line("reads VmRSS of the agent process; per session is (RSS after − RSS before) / sessions.")
-	rep.line("RLIMIT_NOFILE is raised to 262144 for the harness and every process it starts;")
+	rep.line("RLIMIT_NOFILE is %d for the harness and every process it starts (the agent holds two", cfg.fileLimit)
+	rep.line("descriptors per session, so this bounds the session count);")
 	rep.line("PostgreSQL runs with max_connections = %d, Redis with CONFIG SET maxclients %d.", cfg.maxConnections, cfg.memRedis+1000)
 	rep.line("")
 
