@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -24,6 +25,7 @@ type env struct {
 	maria *dbtest.MariaDB
 
 	bouncerPort int
+	bouncerPID  int
 	agent       *agentProcess
 }
 
@@ -52,7 +54,7 @@ func startEnv(t *testing.T, cfg settings) *env {
 	if cfg.wants("mysql") {
 		e.maria = dbtest.StartMariaDB(t, dbtest.MariaDBOptions{Args: []string{"--max-connections=500"}})
 	}
-	e.bouncerPort = startPgBouncer(t, e)
+	e.bouncerPort, e.bouncerPID = startPgBouncer(t, e)
 	e.agent = startAgent(t, e)
 	return e
 }
@@ -101,13 +103,13 @@ func (e *env) pgBouncer() string {
 
 // startPgBouncer runs PgBouncer in session mode in front of the PostgreSQL server, with the
 // password stored in its configuration and TLS verified upstream, as the agent does it.
-func startPgBouncer(t *testing.T, e *env) int {
+func startPgBouncer(t *testing.T, e *env) (port, pid int) {
 	t.Helper()
 	dir := filepath.Join(e.dir, "pgbouncer")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	port := dbtest.FreePort(t)
+	port = dbtest.FreePort(t)
 	ca, err := os.ReadFile(e.pg.Certs.CAFile)
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +147,7 @@ logfile = %s/pgbouncer.log
 		<-exited
 	})
 	waitListening(t, "pgbouncer", port, exited, filepath.Join(dir, "pgbouncer.log"))
-	return port
+	return port, cmd.Process.Pid
 }
 
 // startAgent builds cmd/agent and runs it with a postgres, a redis and (when MariaDB runs) a
@@ -224,6 +226,61 @@ func rssKiB(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+}
+
+// clockTicksPerSecond is USER_HZ, the unit of the CPU times in /proc/PID/stat: 100 on
+// every Linux architecture that Go supports.
+const clockTicksPerSecond = 100
+
+// cpuTime returns the user plus system CPU time pid has used, from /proc/PID/stat.
+func cpuTime(pid int) (time.Duration, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name in parentheses may contain spaces; utime and stime are the 12th
+	// and 13th fields after it.
+	s := string(data)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: invalid CPU times %q %q", pid, fields[11], fields[12])
+	}
+	return time.Duration(utime+stime) * time.Second / clockTicksPerSecond, nil
+}
+
+// cpuMeter measures the CPU time of one process over a span of work.
+type cpuMeter struct {
+	pid   int
+	start time.Duration
+}
+
+func startCPUMeter(pid int) cpuMeter {
+	start, _ := cpuTime(pid)
+	return cpuMeter{pid: pid, start: start}
+}
+
+// perOp returns the process's CPU time since the start in microseconds per operation.
+func (m cpuMeter) perOp(ops float64) float64 {
+	end, err := cpuTime(m.pid)
+	if err != nil || ops <= 0 {
+		return math.NaN()
+	}
+	return float64(end-m.start) / float64(time.Microsecond) / ops
+}
+
+// redisPID returns the pid of the Redis server from its pid file.
+func (e *env) redisPID() int {
+	data, err := os.ReadFile(filepath.Join(e.redis.Dir, "redis.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	return pid
 }
 
 // waitListening polls port for up to 10 s, failing early when the process exits.

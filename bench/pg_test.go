@@ -67,22 +67,27 @@ func runPgbench(t *testing.T, e *env, rep *report) {
 		rep.section(variant.title)
 		rep.line("Command: `pgbench %s CONNSTR`, scale %d, %d rounds.", strings.Join(variant.args, " "), cfg.pgbenchScale, cfg.rounds)
 		rep.line("")
-		tps := map[string]sample{}
+		tps, cpu := map[string]sample{}, map[string]sample{}
+		proxyPIDs := map[string]int{"agent": e.agent.cmd.Process.Pid, "pgbouncer": e.bouncerPID}
 		for round := range cfg.rounds {
 			for _, m := range rotate(modes, round) {
+				meter := startCPUMeter(proxyPIDs[m.name])
 				value, err := pgbench(m.connstr(e), variant.args...)
 				if err != nil {
 					t.Fatalf("%s: %v", m.name, err)
 				}
 				tps[m.name] = append(tps[m.name], value)
+				if proxyPIDs[m.name] != 0 {
+					cpu[m.name] = append(cpu[m.name], meter.perOp(value*cfg.pgbenchTime.Seconds()))
+				}
 				t.Logf("%s round %d %s: %.0f tps (load %s)", variant.title, round, m.name, value, loadAverage())
 			}
 		}
 		rows := [][]string{}
 		for _, m := range modes {
-			rows = append(rows, []string{m.name, tps[m.name].spread("%.0f")})
+			rows = append(rows, []string{m.name, tps[m.name].spread("%.0f"), cpu[m.name].spread("%.0f")})
 		}
-		rep.table([]string{"path", "TPS"}, rows)
+		rep.table([]string{"path", "TPS", "proxy CPU µs per transaction"}, rows)
 		agentVsDirect := ratios(tps["agent"], tps["direct"])
 		agentVsBouncer := ratios(tps["agent"], tps["pgbouncer"])
 		if slices.Contains(variant.args, "-C") {
@@ -243,13 +248,18 @@ func runCopy(t *testing.T, e *env, rep *report) {
 			if err := conn.Exec(ctx, "TRUNCATE copybench").Close(); err != nil {
 				t.Fatal(err)
 			}
+			meter := startCPUMeter(e.agent.cmd.Process.Pid)
 			start := time.Now()
 			src := &rowReader{limit: cfg.copyBytes}
 			if _, err := conn.CopyFrom(ctx, src, "COPY copybench FROM STDIN"); err != nil {
 				t.Fatalf("%s: copy in: %v", m.name, err)
 			}
 			in[m.name] = append(in[m.name], float64(src.done)/time.Since(start).Seconds()/1e6)
+			if m.name == "agent" {
+				in["agent cpu"] = append(in["agent cpu"], meter.perOp(float64(src.done)/1e6))
+			}
 
+			meter = startCPUMeter(e.agent.cmd.Process.Pid)
 			start = time.Now()
 			dst := &countingWriter{}
 			if _, err := conn.CopyTo(ctx, dst, "COPY copybench TO STDOUT"); err != nil {
@@ -259,14 +269,19 @@ func runCopy(t *testing.T, e *env, rep *report) {
 				t.Fatalf("%s: copy out returned %d bytes, want %d", m.name, dst.n, src.done)
 			}
 			out[m.name] = append(out[m.name], float64(dst.n)/time.Since(start).Seconds()/1e6)
+			if m.name == "agent" {
+				out["agent cpu"] = append(out["agent cpu"], meter.perOp(float64(dst.n)/1e6))
+			}
 			conn.Close(ctx)
 			t.Logf("copy round %d %s: in %.0f MB/s, out %.0f MB/s", round, m.name, in[m.name][round], out[m.name][round])
 		}
 	}
 	inRatio, outRatio := ratios(in["agent"], in["direct"]), ratios(out["agent"], out["direct"])
-	rep.table([]string{"direction", "direct MB/s", "agent MB/s", "agent / direct", "target", "verdict"}, [][]string{
-		{"in (FROM STDIN)", in["direct"].spread("%.0f"), in["agent"].spread("%.0f"), inRatio.spread("%.2f"), "≥ 0.95", verdict(inRatio.median(), 0.95, true)},
-		{"out (TO STDOUT)", out["direct"].spread("%.0f"), out["agent"].spread("%.0f"), outRatio.spread("%.2f"), "≥ 0.95", verdict(outRatio.median(), 0.95, true)},
+	rep.table([]string{"direction", "direct MB/s", "agent MB/s", "agent / direct", "target", "verdict", "agent CPU µs per MB"}, [][]string{
+		{"in (FROM STDIN)", in["direct"].spread("%.0f"), in["agent"].spread("%.0f"), inRatio.spread("%.2f"), "≥ 0.95",
+			verdict(inRatio.median(), 0.95, true), in["agent cpu"].spread("%.0f")},
+		{"out (TO STDOUT)", out["direct"].spread("%.0f"), out["agent"].spread("%.0f"), outRatio.spread("%.2f"), "≥ 0.95",
+			verdict(outRatio.median(), 0.95, true), out["agent cpu"].spread("%.0f")},
 	})
 	if err := setup.Exec(ctx, "DROP TABLE copybench").Close(); err != nil {
 		t.Fatal(err)

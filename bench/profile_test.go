@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -177,6 +178,64 @@ func runProfile(t *testing.T, e *env, rep *report) {
 	rep.line("```")
 	rep.line("%s", trimPprof(pprofTop(t, heapPath, "-top", "-nodecount=20", "-sample_index=alloc_space"), 26))
 	rep.line("```")
+	rep.line("")
+
+	profileIdleSessions(t, e, rep, dir, "postgres", func() (io.Closer, error) {
+		conn, err := pgconn.Connect(t.Context(), agentConn)
+		if err != nil {
+			return nil, err
+		}
+		return pgSession{conn}, nil
+	})
+	redisAddr := "127.0.0.1:" + strconv.Itoa(redisPort)
+	profileIdleSessions(t, e, rep, dir, "redis", func() (io.Closer, error) { return openRedisSession(redisAddr) })
+}
+
+// idleProfileSessions is the number of idle sessions whose live heap the profile step
+// attributes.
+const idleProfileSessions = 500
+
+// profileIdleSessions opens idleProfileSessions sessions to the in-process agent, and
+// reports the goroutines and live heap per session with the heap profile's top entries.
+func profileIdleSessions(t *testing.T, e *env, rep *report, dir, protocol string, open func() (io.Closer, error)) {
+	t.Helper()
+	runtime.MemProfileRate = 512
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	goroutines := runtime.NumGoroutine()
+
+	closers, err := openParallel(idleProfileSessions, open)
+	defer closeAll(closers)
+	if err != nil {
+		t.Fatalf("%s: opened %d of %d sessions: %v", protocol, len(closers), idleProfileSessions, err)
+	}
+	time.Sleep(time.Second)
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	perSession := func(a, b uint64) float64 { return (float64(a) - float64(b)) / idleProfileSessions / 1024 }
+
+	path := filepath.Join(dir, "heap-idle-"+protocol+".pprof")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	rep.line("### Idle %s sessions in-process (%d sessions; the client ends live in the same process)", protocol, idleProfileSessions)
+	rep.line("")
+	rep.line("Per session: %.1f goroutines, %.1f KiB of live heap, %.1f KiB of goroutine stacks.",
+		float64(runtime.NumGoroutine()-goroutines)/idleProfileSessions,
+		perSession(after.HeapInuse, before.HeapInuse), perSession(after.StackInuse, before.StackInuse))
+	rep.line("")
+	rep.line("```")
+	rep.line("%s", trimPprof(pprofTop(t, path, "-top", "-nodecount=15", "-sample_index=inuse_space"), 22))
+	rep.line("```")
+	rep.line("")
 }
 
 // copyIn truncates copybench and copies n bytes of rows into it through connstr.

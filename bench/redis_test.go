@@ -50,7 +50,7 @@ func runRedisBenchmark(t *testing.T, e *env, rep *report) {
 			"--user", "app", "-a", "secret"}},
 		{"agent", []string{"-h", "127.0.0.1", "-p", strconv.Itoa(e.agent.redisPort)}},
 	}
-	rows := [][]string{}
+	rows, cpuRows := [][]string{}, [][]string{}
 	for _, pipeline := range []int{1, 16} {
 		n := cfg.redisRequests
 		if pipeline > 1 {
@@ -59,6 +59,7 @@ func runRedisBenchmark(t *testing.T, e *env, rep *report) {
 		results := map[string]sample{}
 		for round := range cfg.rounds {
 			for _, p := range rotate(paths, round) {
+				agentCPU, serverCPU := startCPUMeter(e.agent.cmd.Process.Pid), startCPUMeter(e.redisPID())
 				args := append(append([]string(nil), p.args...), "-t", "get,set", "-c", "50", "-n", strconv.Itoa(n),
 					"-P", strconv.Itoa(pipeline), "--csv")
 				rps, err := redisBenchmark(args...)
@@ -67,6 +68,11 @@ func runRedisBenchmark(t *testing.T, e *env, rep *report) {
 				}
 				for _, test := range []string{"SET", "GET"} {
 					results[p.name+" "+test] = append(results[p.name+" "+test], rps[test])
+				}
+				// Both tests run n requests each.
+				results[p.name+" server cpu"] = append(results[p.name+" server cpu"], serverCPU.perOp(float64(2*n)))
+				if p.name == "agent" {
+					results["agent cpu"] = append(results["agent cpu"], agentCPU.perOp(float64(2*n)))
 				}
 				t.Logf("redis -P %d round %d %s: %v", pipeline, round, p.name, rps)
 			}
@@ -77,6 +83,11 @@ func runRedisBenchmark(t *testing.T, e *env, rep *report) {
 				results["direct "+test].spread("%.0f"), results["agent "+test].spread("%.0f"),
 				ratio.spread("%.2f"), "≥ 0.90", verdict(ratio.median(), 0.90, true)})
 		}
+		cpuRows = append(cpuRows, []string{strconv.Itoa(pipeline), results["direct server cpu"].spread("%.1f"),
+			results["agent server cpu"].spread("%.1f"), results["agent cpu"].spread("%.1f")})
 	}
 	rep.table([]string{"test", "pipeline (-P)", "direct req/s", "agent req/s", "agent / direct", "target", "verdict"}, rows)
+	rep.line("CPU time per request (GET and SET together), in microseconds:")
+	rep.line("")
+	rep.table([]string{"pipeline (-P)", "redis-server, direct", "redis-server, via agent", "agent"}, cpuRows)
 }
