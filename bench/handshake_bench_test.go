@@ -31,10 +31,10 @@ import (
 // handshakeFunc is the signature shared by pgauth.Handshake and its siblings.
 type handshakeFunc func(ctx context.Context, client, upstream net.Conn, creds credsource.Credentials, opts handshake.Options) (handshake.Conns, error)
 
-// startHandshakeProxy serves a loopback listener that does what the agent's core does with
-// each connection, without the peer check and credential fetch: dial upstream, run hs with
-// creds and a TLS configuration that caches sessions as a route's does, then splice. It
-// returns the listener's address.
+// startHandshakeProxy serves a loopback listener and returns its address. For each
+// connection it does what the agent's core does after the peer check and credential fetch.
+// It dials upstream, runs hs with creds and a TLS configuration that caches sessions as a
+// route's does, then splices.
 func startHandshakeProxy(b *testing.B, upstream string, certs *dbtest.Certs, creds credsource.Credentials, hs handshakeFunc) string {
 	b.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -50,6 +50,7 @@ func runRedisBenchmark(t *testing.T, e *env, rep *report) {
 			"--user", "app", "-a", "secret"}},
 		{"agent", []string{"-h", "127.0.0.1", "-p", strconv.Itoa(e.agent.redisPort)}},
 	}
+
 	rows, cpuRows := [][]string{}, [][]string{}
 	for _, pipeline := range []int{1, 16} {
 		n := cfg.redisRequests

@@ -16,19 +16,19 @@ import (
 
 // BenchmarkSessionOpen times a Redis session through knoxproxy, from connect to the reply
 // to the first PING, while the client process already holds a number of open sessions.
-// The peer's PID is found by reading the client's file descriptors, so with PID lookup
-// (the agent's default) the cost grows with the descriptors the client holds; without it
+// The agent's default peer check finds the peer's PID by reading the client's file
+// descriptors, so its cost grows with the descriptors the client holds. Without PID lookup
 // the peer check is one sock_diag query.
 func BenchmarkSessionOpen(b *testing.B) {
 	r := dbtest.StartRedis(b, dbtest.RedisOptions{})
 	for _, resolvePID := range []bool{true, false} {
 		addr := startRedisRoute(b, r, &peercred.Kernel{ResolvePID: resolvePID})
-		for _, held := range []int{0, 1000, 4000} {
-			b.Run(fmt.Sprintf("pid=%v/held=%d", resolvePID, held), func(b *testing.B) {
-				closers, err := openParallel(held, func() (io.Closer, error) { return openRedisSession(addr) })
+		for _, heldSessions := range []int{0, 1000, 4000} {
+			b.Run(fmt.Sprintf("pid=%v/held=%d", resolvePID, heldSessions), func(b *testing.B) {
+				closers, err := openParallel(heldSessions, func() (io.Closer, error) { return openRedisSession(addr) })
 				defer closeAll(closers)
 				if err != nil {
-					b.Fatalf("opened %d of %d sessions: %v", len(closers), held, err)
+					b.Fatalf("opened %d of %d sessions: %v", len(closers), heldSessions, err)
 				}
 				b.ResetTimer()
 				for b.Loop() {
