@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -522,4 +523,42 @@ func TestReject(t *testing.T) {
 func rawPacket(seq byte, payload []byte) []byte {
 	n := len(payload)
 	return append([]byte{byte(n), byte(n >> 8), byte(n >> 16), seq}, payload...)
+}
+
+// TestRedialAfterAccessDenied checks that a 1045 leads to one Redial, that the second login
+// uses the fresh credentials, and that the client sees only the second result.
+func TestRedialAfterAccessDenied(t *testing.T) {
+	attempt := make(chan string, 4)
+	f := startFake(t, func(f *fakeUpstream, c net.Conn) error {
+		tc, resp, err := f.acceptLogin(c, mysql.AUTH_NATIVE_PASSWORD)
+		if err != nil {
+			return err
+		}
+		attempt <- resp.user
+		if resp.user != "rotated" {
+			return writePacket(tc, 3, errPacket(1045, "28000", "Access denied", true))
+		}
+		return writePacket(tc, 3, okPacket)
+	})
+	var redials atomic.Int32
+	p := startProxy(t, proxyConfig{upstream: f.addr, timeout: 2 * time.Second,
+		tls:   &tls.Config{RootCAs: f.tls.RootCAs, ServerName: "127.0.0.1"},
+		creds: credsource.Credentials{Username: "stale", Password: "old"},
+		redial: func(ctx context.Context) (net.Conn, credsource.Credentials, error) {
+			redials.Add(1)
+			c, err := (&net.Dialer{}).DialContext(ctx, "tcp", f.addr)
+			return c, credsource.Credentials{Username: "rotated", Password: "new"}, err
+		}})
+	c, _, _ := fakeClient(t, p.Addr)
+	seqs, packets := sendResponse(t, c, mysql.AUTH_NATIVE_PASSWORD, nil)
+	if len(packets) != 1 || packets[0][0] != mysql.OK_HEADER || seqs[0] != 2 {
+		t.Fatalf("client got %x with sequence ids %v, want one OK with 2", packets, seqs)
+	}
+	if first, second := <-attempt, <-attempt; first != "stale" || second != "rotated" {
+		t.Errorf("upstream logins as %q then %q, want stale then rotated", first, second)
+	}
+	waitFor(t, func() bool { return p.Logins() == 1 })
+	if n := redials.Load(); n != 1 {
+		t.Errorf("redials = %d, want 1", n)
+	}
 }

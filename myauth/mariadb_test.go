@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -171,19 +172,19 @@ func TestMariaDB(t *testing.T) {
 	})
 
 	t.Run("redial with new password", func(t *testing.T) {
-		redials := 0
+		var redials atomic.Int32
 		p := startProxy(t, proxyConfig{upstream: m.Addr(), tls: tlsConf,
 			creds: credsource.Credentials{Username: "native", Password: "old"},
 			redial: func(ctx context.Context) (net.Conn, credsource.Credentials, error) {
-				redials++
+				redials.Add(1)
 				c, err := (&net.Dialer{}).DialContext(ctx, "tcp", m.Addr())
 				return c, credsource.Credentials{Username: "native", Password: "secret"}, err
 			}})
 		if err := openDB(t, p.Addr, "").Ping(); err != nil {
 			t.Fatalf("ping after redial: %v", err)
 		}
-		if redials != 1 {
-			t.Errorf("redials = %d, want 1", redials)
+		if n := redials.Load(); n != 1 {
+			t.Errorf("redials = %d, want 1", n)
 		}
 	})
 
@@ -448,4 +449,34 @@ func readFrame(t *testing.T, c net.Conn) (byte, []byte) {
 		t.Fatal(err)
 	}
 	return header[3], p
+}
+
+// BenchmarkMariaDBLogin compares a new TLS login straight to MariaDB with one through the
+// agent (a plaintext loopback login plus the agent's TLS login upstream).
+func BenchmarkMariaDBLogin(b *testing.B) {
+	m := dbtest.StartMariaDB(b, dbtest.MariaDBOptions{})
+	tlsConf := m.Certs.ClientTLS("127.0.0.1")
+	if err := gomysql.RegisterTLSConfig("bench", tlsConf); err != nil {
+		b.Fatal(err)
+	}
+	p := startProxy(b, proxyConfig{upstream: m.Addr(), tls: tlsConf,
+		creds: credsource.Credentials{Username: "native", Password: "secret"}})
+	for _, bc := range []struct{ name, dsn string }{
+		{"direct", fmt.Sprintf("native:secret@tcp(%s)/appdb?tls=bench", m.Addr())},
+		{"agent", fmt.Sprintf("app@tcp(%s)/appdb", p.Addr)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			db, err := sql.Open("mysql", bc.dsn)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer db.Close()
+			db.SetMaxIdleConns(0)
+			for b.Loop() {
+				if err := db.Ping(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

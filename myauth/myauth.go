@@ -168,13 +168,7 @@ func (s *session) readGreeting(upstream net.Conn) (*greeting, error) {
 	}
 	var g *greeting
 	if err == nil {
-		g, err = parseGreeting(p)
-	}
-	if err == nil && g.capabilities&mysql.CLIENT_PROTOCOL_41 == 0 {
-		err = fmt.Errorf("server %q does not support protocol 4.1", g.serverVersion)
-	}
-	if err == nil && g.capabilities&mysql.CLIENT_SSL == 0 {
-		err = fmt.Errorf("server %q does not support TLS", g.serverVersion)
+		g, err = parseUsableGreeting(p)
 	}
 	if err != nil {
 		err = fmt.Errorf("upstream greeting: %w: %w", ErrUpstreamProtocol, handshake.ContextError(s.ctx, err))
@@ -183,6 +177,22 @@ func (s *session) readGreeting(upstream net.Conn) (*greeting, error) {
 	}
 	s.log.Debug("mysql greeting", "route", s.opts.Route, "server_version", g.serverVersion,
 		"auth_plugin", g.authPlugin, "capabilities", g.capabilities)
+	return g, nil
+}
+
+// parseUsableGreeting parses a greeting and checks that the server offers TLS and the 4.1
+// protocol.
+func parseUsableGreeting(p []byte) (*greeting, error) {
+	g, err := parseGreeting(p)
+	if err != nil {
+		return nil, err
+	}
+	if g.capabilities&mysql.CLIENT_PROTOCOL_41 == 0 {
+		return nil, fmt.Errorf("server %q does not support protocol 4.1", g.serverVersion)
+	}
+	if g.capabilities&mysql.CLIENT_SSL == 0 {
+		return nil, fmt.Errorf("server %q does not support TLS", g.serverVersion)
+	}
 	return g, nil
 }
 
@@ -332,7 +342,7 @@ func (s *session) retry(first *login, resp, up *response) (*login, error) {
 		conn.Close()
 		return &login{conn: first.conn, rejected: parseErrPacket(p), errRaw: p}, nil
 	}
-	g, err := parseGreeting(p)
+	g, err := parseUsableGreeting(p)
 	if err != nil {
 		return fail(fmt.Errorf("retry: upstream greeting: %w: %w", ErrUpstreamProtocol, err))
 	}

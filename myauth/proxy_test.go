@@ -37,7 +37,7 @@ type proxyConfig struct {
 	logger   *slog.Logger
 }
 
-func startProxy(t *testing.T, cfg proxyConfig) *testProxy {
+func startProxy(t testing.TB, cfg proxyConfig) *testProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
