@@ -136,7 +136,7 @@ func TestMariaDB(t *testing.T) {
 
 	t.Run("cli", func(t *testing.T) {
 		for _, user := range []string{"native", "ed"} {
-			for _, extra := range [][]string{nil, {"--compress"}} {
+			for _, extra := range [][]string{nil, {"--compress"}, {"-pnot-the-password"}} {
 				args := append([]string{"--no-defaults", "-h", "127.0.0.1", "-P", port(t, proxies[user].Addr),
 					"-u", "app", "-N", "-B", "appdb", "-e",
 					"SELECT CURRENT_USER(); SHOW SESSION STATUS LIKE 'Ssl_version'"}, extra...)

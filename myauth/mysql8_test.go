@@ -1,6 +1,8 @@
 package myauth
 
 import (
+	"database/sql"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -67,6 +69,19 @@ func TestCachingSHA2(t *testing.T) {
 		}
 	})
 
+	t.Run("client password ignored", func(t *testing.T) {
+		// The driver sends a caching_sha2_password scramble, so the agent sends the fast-auth
+		// marker before OK, as the driver expects.
+		db, err := sql.Open("mysql", fmt.Sprintf("app:not-the-password@tcp(%s)/appdb?timeout=5s", app.Addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		if err := db.Ping(); err != nil {
+			t.Errorf("ping with a client password: %v", err)
+		}
+	})
+
 	t.Run("auth switch", func(t *testing.T) {
 		for _, user := range []string{"nat", "sha"} {
 			db := openDB(t, proxy(user, "secret").Addr, "")
@@ -89,12 +104,17 @@ func TestCachingSHA2(t *testing.T) {
 	})
 
 	t.Run("cli", func(t *testing.T) {
-		for _, cached := range []bool{false, true} {
+		for i, cached := range []bool{false, true, false} {
 			if !cached {
 				srv.InvalidateCache("app")
 			}
-			out, err := exec.Command("mariadb", "--no-defaults", "-h", "127.0.0.1", "-P", port(t, app.Addr),
-				"-u", "whoever", "-N", "-B", "appdb", "-e", "SELECT CURRENT_USER()").CombinedOutput()
+			args := []string{"--no-defaults", "-h", "127.0.0.1", "-P", port(t, app.Addr),
+				"-u", "whoever", "-N", "-B", "appdb", "-e", "SELECT CURRENT_USER()"}
+			if i == 2 {
+				// A password makes the client send a scramble and wait for the fast-auth marker.
+				args = append(args, "-pnot-the-password")
+			}
+			out, err := exec.Command("mariadb", args...).CombinedOutput()
 			if err != nil {
 				t.Fatalf("mariadb (cached %v): %v\n%s", cached, err, out)
 			}
