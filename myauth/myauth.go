@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
@@ -57,12 +58,13 @@ const errorWriteTimeout = time.Second
 // the server's OK or ERR with the sequence id the client expects.
 //
 // Every failure is reported to a client that is still connected as an ERR packet before
-// Handshake returns, so the caller must not call Reject afterwards. The error wraps ErrAuthFailed (and is a
-// *ServerError) when the upstream rejected the credentials, ErrClientProtocol for bad client
-// input, and ErrUpstreamProtocol for an upstream without TLS or with an unsupported plugin.
+// Handshake returns, so the caller must not call Reject afterwards. The error wraps
+// ErrAuthFailed (and is a *ServerError) when the upstream rejected the credentials,
+// ErrClientProtocol for bad client input, and ErrUpstreamProtocol for an upstream without TLS,
+// with an unsupported plugin or with malformed packets.
 func Handshake(ctx context.Context, client, upstream net.Conn, creds credsource.Credentials, opts Options) (Conns, error) {
 	s := &session{ctx: ctx, client: client, opts: &opts, log: opts.Log()}
-	s.stop = handshake.WatchContext(ctx, client, upstream)
+	s.stop = watchContext(ctx, client, upstream)
 	defer s.stop()
 	conns, err := s.run(upstream, creds)
 	return conns, handshake.ContextError(ctx, err)
@@ -94,7 +96,7 @@ type session struct {
 	client net.Conn
 	opts   *Options
 	log    *slog.Logger
-	stop   func() bool // ends the context watch on both connections
+	stop   func() // ends the context watch on both connections
 }
 
 func (s *session) run(upstream net.Conn, creds credsource.Credentials) (Conns, error) {
@@ -166,12 +168,17 @@ func (s *session) readGreeting(upstream net.Conn) (*greeting, error) {
 		s.sendError(0, p)
 		return nil, fmt.Errorf("upstream greeting: %w", parseErrPacket(p))
 	}
-	var g *greeting
-	if err == nil {
-		g, err = parseUsableGreeting(p)
-	}
 	if err != nil {
-		err = fmt.Errorf("upstream greeting: %w: %w", ErrUpstreamProtocol, handshake.ContextError(s.ctx, err))
+		if errors.Is(err, errPacketTooLong) {
+			err = fmt.Errorf("%w: %w", ErrUpstreamProtocol, err)
+		}
+		err = fmt.Errorf("upstream greeting: %w", handshake.ContextError(s.ctx, err))
+		s.sendAgentError(0, err)
+		return nil, err
+	}
+	g, err := parseUsableGreeting(p)
+	if err != nil {
+		err = fmt.Errorf("upstream greeting: %w: %w", ErrUpstreamProtocol, err)
 		s.sendAgentError(0, err)
 		return nil, err
 	}
@@ -326,7 +333,7 @@ func (s *session) retry(first *login, resp, up *response) (*login, error) {
 		}
 		return first, nil
 	}
-	stop := handshake.WatchContext(s.ctx, conn)
+	stop := watchContext(s.ctx, conn)
 	defer stop()
 	fail := func(err error) (*login, error) {
 		conn.Close()
@@ -368,7 +375,7 @@ func (s *session) endUpstream(upstream net.Conn, g *greeting, creds credsource.C
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), quitTimeout)
 	defer cancel()
 	handshake.ClearDeadlines(upstream)
-	stop := handshake.WatchContext(ctx, upstream)
+	stop := watchContext(ctx, upstream)
 	defer stop()
 
 	resp := &response{capabilities: g.capabilities & (mysql.CLIENT_LONG_PASSWORD |
@@ -393,4 +400,24 @@ func errorOrNil(l *login) error {
 		return nil
 	}
 	return l.rejected
+}
+
+// watchContext is handshake.WatchContext with a stop function that also waits for a deadline
+// update that ctx has already started. Handshake clears deadlines after stopping the watch
+// (to send a last ERR, or to end the upstream connection politely), and a late update would
+// undo that.
+func watchContext(ctx context.Context, conns ...net.Conn) (stop func()) {
+	done := make(chan struct{})
+	stopWatch := context.AfterFunc(ctx, func() {
+		defer close(done)
+		past := time.Unix(1, 0)
+		for _, c := range conns {
+			c.SetDeadline(past)
+		}
+	})
+	return sync.OnceFunc(func() {
+		if !stopWatch() {
+			<-done // the first stop returns false only when the update has started
+		}
+	})
 }
