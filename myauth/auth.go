@@ -144,7 +144,7 @@ func moreData(plugin string, p []byte, password string) ([]byte, error) {
 	return nil, fmt.Errorf("%w: unexpected caching_sha2_password status 0x%02x", handshake.ErrUpstreamProtocol, p[1])
 }
 
-// authResponse computes the auth response of plugin for scramble. The cleartext answers of
+// authResponse computes the auth response of plugin for scramble. The cleartext responses of
 // sha256_password and mysql_clear_password are sent only inside TLS, which is the only way
 // the agent talks to an upstream.
 func authResponse(plugin string, scramble []byte, password string) ([]byte, error) {

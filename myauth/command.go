@@ -33,9 +33,9 @@ const (
 // re-authenticate with the client's credentials, which the client does not have.
 //
 // The parser reads only packet headers and the first payload byte of each command, so it
-// costs one copy of the stream. When it sees a sequence id it cannot place, it stops
-// inspecting and passes everything through, which is safe: a forwarded COM_CHANGE_USER then
-// fails at the server for want of a password.
+// costs one copy of the stream. After a sequence id it cannot place, it stops inspecting and
+// passes everything through. That is safe, because a forwarded COM_CHANGE_USER then fails at
+// the server for want of a password.
 //
 // With CLIENT_COMPRESS or CLIENT_ZSTD_COMPRESSION_ALGORITHM the stream is compressed and the
 // parser is off, so COM_CHANGE_USER reaches the server, which rejects it.

@@ -5,22 +5,22 @@
 //
 // # Login
 //
-// The server speaks first, so Handshake reads the upstream's Handshake v10 and greets the
-// client with the same server version, connection id, character set, status flags,
-// capabilities (less CLIENT_SSL: the loopback leg is plaintext) and default plugin name, but a
-// scramble of its own. Drivers branch on the version string and the plugin, so the greeting
-// is the server's. The client's HandshakeResponse41 supplies the database, character set, max
-// packet size, connection attributes and capabilities; its user name and auth response are
-// ignored, and the client never gets an AuthSwitchRequest or a request for a password or an
-// RSA key.
+// The server speaks first, so Handshake reads the upstream's Handshake v10 first. It greets
+// the client with the same server version, connection id, character set, status flags,
+// capabilities and default plugin name, but a scramble of its own. CLIENT_SSL is removed
+// because the loopback leg is plaintext. Drivers branch on the version string and the
+// plugin, so the greeting is the server's. The client's HandshakeResponse41 supplies the
+// database, character set, max packet size, connection attributes and capabilities. Its user
+// name and auth response are ignored, and the client never gets an AuthSwitchRequest or a
+// request for a password or an RSA key.
 //
 // Upstream, the agent sends an SSLRequest, starts TLS with Options.TLSConfig (a server without
 // TLS is an error) and sends a HandshakeResponse41 as the stored user with the capabilities
 // both the client and the server have, plus CLIENT_SSL and CLIENT_PLUGIN_AUTH. Flags that
-// shape the command stream (CLIENT_DEPRECATE_EOF, CLIENT_COMPRESS, CLIENT_ZSTD_COMPRESSION_ALGORITHM
-// and its level, CLIENT_SESSION_TRACK, CLIENT_QUERY_ATTRIBUTES, MariaDB's extended
-// capabilities, ...) are therefore the same on both legs, and the splice can copy bytes
-// unchanged. Supported plugins: caching_sha2_password (fast path, and full authentication
+// shape the command stream (CLIENT_DEPRECATE_EOF, CLIENT_COMPRESS,
+// CLIENT_ZSTD_COMPRESSION_ALGORITHM and its level, CLIENT_SESSION_TRACK,
+// CLIENT_QUERY_ATTRIBUTES, MariaDB's extended capabilities, ...) are therefore the same on
+// both legs, and the splice can copy bytes unchanged. Supported plugins: caching_sha2_password (fast path, and full authentication
 // by sending the password inside TLS), mysql_native_password, sha256_password and
 // mysql_clear_password (inside TLS), and MariaDB's client_ed25519, also after an
 // AuthSwitchRequest. Any other plugin fails with an error wrapping ErrUnsupportedPlugin that
@@ -40,16 +40,19 @@
 // # After login
 //
 // COM_RESET_CONNECTION passes through. COM_CHANGE_USER would make the server re-authenticate
-// with the client's credentials, which it does not have; on an uncompressed session the
-// agent answers it with ERR 1235 (SQLSTATE 42000) naming COM_RESET_CONNECTION instead. On a
-// compressed session it is forwarded and the server rejects it (see clientConn).
+// with the client's credentials, which it does not have. On an uncompressed session the agent
+// replies to it with ERR 1235 (SQLSTATE 42000) naming COM_RESET_CONNECTION, using a parser
+// that reads only packet headers. On a compressed session (CLIENT_COMPRESS or zstd) the
+// parser is off, so the command reaches the server, which authenticates the user named in
+// it: that fails with 1045 unless the client knows that user's password.
 //
 // # Health probes and max_connect_errors
 //
 // A client that connects and leaves before logging in would leave an upstream connection
 // that ended during the login phase, which the server counts against max_connect_errors
 // until it blocks the agent's host (error 1129). Handshake ends such connections by logging
-// in as the stored user and sending COM_QUIT, within 5 seconds after the client left.
+// in as the stored user and sending COM_QUIT, which takes up to 5 seconds after the client
+// left before Handshake returns.
 //
 // # Limits
 //
