@@ -109,6 +109,20 @@ routes:
 	}
 }
 
+// waitLog waits until the log contains want, and fails the test with the log if it does
+// not within timeout.
+func waitLog(t *testing.T, logs *syncBuffer, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(logs.String(), want) {
+		if time.Now().After(deadline) {
+			t.Errorf("log lacks %q after %v:\n%s", want, timeout, logs)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func (a *agent) writeSecrets(t *testing.T, password string) {
 	t.Helper()
 	data := fmt.Sprintf("secrets:\n  sec_orders: {username: app, password: %q}\n", password)
@@ -167,8 +181,10 @@ func TestPsqlWithoutPassword(t *testing.T) {
 	if out != "app true" {
 		t.Fatalf("got %q, want %q (user app over TLS)", out, "app true")
 	}
+	// The close line is written after psql has seen the session end.
+	waitLog(t, a.logs, "outcome=ok", 5*time.Second)
 	logs := a.logs.String()
-	for _, want := range []string{"route listening", "session open", "session closed", "outcome=ok"} {
+	for _, want := range []string{"route listening", "session open", "session closed"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("log lacks %q", want)
 		}
@@ -273,10 +289,7 @@ func TestUpstreamCertificateForAnotherHost(t *testing.T) {
 	if !strings.Contains(out, "08006") && !strings.Contains(out, "certificate") {
 		t.Errorf("psql output %q does not mention the certificate", out)
 	}
-	logs := a.logs.String()
-	if !strings.Contains(logs, "outcome=upstream_tls_error") {
-		t.Errorf("log lacks outcome=upstream_tls_error:\n%s", logs)
-	}
+	waitLog(t, a.logs, "outcome=upstream_tls_error", 5*time.Second)
 	// The server saw no authentication attempt: TLS failed before the StartupMessage.
 	if n := pg.Exec(t, "select count(*) from pg_stat_activity where usename = 'app'"); n != "0" {
 		t.Errorf("app sessions on the server = %s, want 0", n)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -18,11 +19,21 @@ import (
 type fileConfig struct {
 	Credentials     credentialsConfig `yaml:"credentials"`
 	ShutdownTimeout duration          `yaml:"shutdown_timeout"`
-	Routes          []routeConfig     `yaml:"routes"`
+	// ShutdownDelay is how long the agent keeps accepting after SIGTERM while /readyz
+	// already returns 503, so a load balancer or orchestrator stops sending new clients.
+	ShutdownDelay duration `yaml:"shutdown_delay"`
+	// AdminAddress is the loopback host:port of the admin listener; empty means none.
+	AdminAddress string `yaml:"admin_address"`
+	// ConfigCheckInterval is how often the agent checks the configuration file for changes;
+	// zero means defaultConfigCheckInterval.
+	ConfigCheckInterval duration      `yaml:"config_check_interval"`
+	Routes              []routeConfig `yaml:"routes"`
 }
 
+// credentialsConfig is the credentials section. Reload compares it as a whole, so it
+// contains only comparable fields and paths already resolved against the config directory.
 type credentialsConfig struct {
-	// Source is "file" or "env".
+	// Source is "file", "env", "exec" or "http".
 	Source string `yaml:"source"`
 	// Path is the secrets file of the file source, relative to the config file.
 	Path string `yaml:"path"`
@@ -30,6 +41,16 @@ type credentialsConfig struct {
 	EnvPrefix string `yaml:"env_prefix"`
 	// CacheTTL is how long fetched credentials are reused; zero means 5 minutes.
 	CacheTTL duration `yaml:"cache_ttl"`
+	// Command is the helper of the exec source: its path and fixed arguments.
+	Command []string `yaml:"command"`
+	// Timeout bounds one run of the exec helper or one request of the http source; zero
+	// means the source's default (10s).
+	Timeout duration `yaml:"timeout"`
+	// BaseURL, TokenFile, TokenEnv and CAFile configure the http source.
+	BaseURL   string `yaml:"base_url"`
+	TokenFile string `yaml:"token_file"`
+	TokenEnv  string `yaml:"token_env"`
+	CAFile    string `yaml:"ca_file"`
 }
 
 type routeConfig struct {
@@ -46,12 +67,16 @@ type routeConfig struct {
 	TLS            tlsConfig `yaml:"tls"`
 	DialTimeout    duration  `yaml:"dial_timeout"`
 	LoginTimeout   duration  `yaml:"login_timeout"`
+	MaxConnections int       `yaml:"max_connections"`
 }
 
 type tlsConfig struct {
 	CAFile             string `yaml:"ca_file"`
 	ServerName         string `yaml:"server_name"`
 	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+	// ClientCertSecretID names a secret whose certificate and private_key the agent
+	// presents to the upstream in the TLS handshake.
+	ClientCertSecretID string `yaml:"client_cert_secret_id"`
 }
 
 // duration reads a Go duration string such as "30s" or "5m".
@@ -85,9 +110,16 @@ func (m *fileMode) UnmarshalYAML(n *yaml.Node) error {
 type agentConfig struct {
 	routes          []knoxproxy.Route
 	source          credsource.Source
+	credentials     credentialsConfig
 	warnings        []string
 	cacheTTL        time.Duration
 	shutdownTimeout time.Duration
+	shutdownDelay   time.Duration
+	adminAddress    string
+	checkInterval   time.Duration
+	// clientCerts maps the secret id given to knoxproxy for each route with
+	// client_cert_secret_id to the two secrets it combines.
+	clientCerts map[string]secretPair
 }
 
 // loadConfig reads, parses and validates the configuration file. Relative paths in it are
@@ -111,26 +143,33 @@ func loadConfig(path string) (*agentConfig, error) {
 		return filepath.Join(base, p)
 	}
 
-	cfg := &agentConfig{cacheTTL: time.Duration(fc.Credentials.CacheTTL), shutdownTimeout: time.Duration(fc.ShutdownTimeout)}
-	switch fc.Credentials.Source {
-	case "file":
-		if fc.Credentials.Path == "" {
-			return nil, errors.New("config: credentials.path: missing (the secrets file of source: file)")
-		}
-		f := credsource.NewFile(resolve(fc.Credentials.Path))
-		if err := f.Check(); errors.Is(err, credsource.ErrFileMode) {
-			cfg.warnings = append(cfg.warnings, err.Error())
-		} else if err != nil {
-			return nil, fmt.Errorf("config: credentials.path: %w", err)
-		}
-		cfg.source = f
-	case "env":
-		cfg.source = credsource.Env{Prefix: fc.Credentials.EnvPrefix}
-	case "":
-		return nil, errors.New("config: credentials.source: missing (want file or env)")
-	default:
-		return nil, fmt.Errorf("config: credentials.source: unknown source %q (want file or env)", fc.Credentials.Source)
+	cfg := &agentConfig{
+		cacheTTL:        time.Duration(fc.Credentials.CacheTTL),
+		shutdownTimeout: time.Duration(fc.ShutdownTimeout),
+		shutdownDelay:   time.Duration(fc.ShutdownDelay),
+		adminAddress:    fc.AdminAddress,
+		checkInterval:   time.Duration(fc.ConfigCheckInterval),
+		clientCerts:     make(map[string]secretPair),
 	}
+	if cfg.checkInterval == 0 {
+		cfg.checkInterval = defaultConfigCheckInterval
+	}
+	if cfg.adminAddress != "" {
+		if err := checkAdminAddress(cfg.adminAddress); err != nil {
+			return nil, fmt.Errorf("config: admin_address: %w", err)
+		}
+	}
+	cc := fc.Credentials
+	cc.Path, cc.TokenFile, cc.CAFile = resolve(cc.Path), resolve(cc.TokenFile), resolve(cc.CAFile)
+	if len(cc.Command) > 0 && cc.Command[0] != "" && !filepath.IsAbs(cc.Command[0]) && strings.ContainsRune(cc.Command[0], '/') {
+		cc.Command = append([]string{resolve(cc.Command[0])}, cc.Command[1:]...)
+	}
+	cfg.credentials = cc
+	source, warnings, err := newSource(cc)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cfg.source, cfg.warnings = source, warnings
 
 	if len(fc.Routes) == 0 {
 		return nil, errors.New("config: routes: no routes configured")
@@ -151,8 +190,15 @@ func loadConfig(path string) (*agentConfig, error) {
 				ServerName:         rc.TLS.ServerName,
 				InsecureSkipVerify: rc.TLS.InsecureSkipVerify,
 			},
-			DialTimeout:  time.Duration(rc.DialTimeout),
-			LoginTimeout: time.Duration(rc.LoginTimeout),
+			DialTimeout:    time.Duration(rc.DialTimeout),
+			LoginTimeout:   time.Duration(rc.LoginTimeout),
+			MaxConnections: rc.MaxConnections,
+		}
+		if id := rc.TLS.ClientCertSecretID; id != "" && rc.SecretID != "" {
+			// NOTE: knoxproxy presents a client certificate only from the route's own
+			// secret, so the route gets a combined id that clientCertSource resolves.
+			r.SecretID = combinedSecretID(rc.SecretID, id)
+			cfg.clientCerts[r.SecretID] = secretPair{credentials: rc.SecretID, clientCert: id}
 		}
 		if rc.UnixSocketMode != nil {
 			r.UnixSocketMode = os.FileMode(*rc.UnixSocketMode)

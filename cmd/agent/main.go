@@ -5,9 +5,15 @@
 // Usage:
 //
 //	agent -config agent.yaml [-log-level info] [-log-format text]
+//	agent check -config agent.yaml [-timeout 30s]
 //
-// SIGINT and SIGTERM stop accepting connections and let open sessions finish for up to the
-// configured shutdown_timeout.
+// SIGINT and SIGTERM turn /readyz to 503, keep accepting for shutdown_delay, then stop
+// accepting and let open sessions finish for up to shutdown_timeout; the exit status is 0
+// when every session ended by itself and 1 when some had to be closed. SIGHUP, or a change
+// of the configuration file, reloads the configuration.
+//
+// The check subcommand logs in to the upstream of every route through a temporary
+// listener and prints a table of the results; its exit status is 1 when any route fails.
 package main
 
 import (
@@ -22,8 +28,6 @@ import (
 	"runtime/debug"
 	"syscall"
 
-	"github.com/knoxcall/dbproxy/credsource"
-	"github.com/knoxcall/dbproxy/knoxproxy"
 )
 
 // Exit codes.
@@ -57,6 +61,9 @@ func main() {
 
 // run parses args, loads the configuration and serves until ctx ends.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "check" {
+		return runCheck(ctx, args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "path of the configuration file (YAML or JSON); required")
@@ -85,24 +92,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	srv, err := knoxproxy.New(knoxproxy.Config{
-		Routes:          cfg.routes,
-		Credentials:     credsource.NewCache(cfg.source, cfg.cacheTTL),
-		Logger:          logger,
-		ShutdownTimeout: cfg.shutdownTimeout,
-	})
-	if err != nil {
-		return fmt.Errorf("%w: config: %v", errUsage, err)
-	}
-	for _, w := range cfg.warnings {
-		logger.Warn(w)
-	}
-	logger.Info("agent starting", "version", version(), "config", *configPath, "routes", len(cfg.routes))
-	if err := srv.Serve(ctx); err != nil {
-		return err
-	}
-	logger.Info("agent stopped")
-	return nil
+	return serve(ctx, *configPath, cfg, logger)
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {

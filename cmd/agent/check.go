@@ -1,0 +1,239 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/mongo"
+	"go.mongodb.org/mongo-driver/mongo/options"
+
+	"github.com/knoxcall/dbproxy/knoxproxy"
+)
+
+// defaultCheckTimeout bounds the check of one route when -timeout is not given.
+const defaultCheckTimeout = 30 * time.Second
+
+// errCheckFailed is returned by runCheck when at least one route failed.
+var errCheckFailed = errors.New("check failed")
+
+// checkResult is one row of the check table.
+type checkResult struct {
+	route, protocol, upstream string
+	latency                   time.Duration
+	detail                    string
+	err                       error
+}
+
+// runCheck runs `agent check`: it serves every route of the configuration on a free
+// loopback port, with no UID allowlist and no connection limit, logs in through each with
+// the protocol's Go driver, and prints one row per route.
+func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("agent check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "path of the configuration file (YAML or JSON); required")
+	timeout := fs.Duration("timeout", defaultCheckTimeout, "time limit for the check of one route, such as 30s")
+	logLevel := fs.String("log-level", "error", "minimum level of the agent's log lines on stderr: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if *configPath == "" {
+		return fmt.Errorf("%w: -config is required", errUsage)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	logger, err := newLogger(stderr, *logLevel, "text")
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	cfg, err := loadConfig(*configPath)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+
+	routes, err := checkRoutes(cfg.routes)
+	if err != nil {
+		return err
+	}
+	srv, err := knoxproxy.New(knoxproxy.Config{
+		Routes:      routes,
+		Credentials: newSwitchableSource(cfg),
+		Logger:      logger,
+	})
+	if err != nil {
+		return fmt.Errorf("%w: config: %v", errUsage, err)
+	}
+	serveCtx, stop := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(serveCtx) }()
+	defer func() {
+		stop()
+		<-served
+	}()
+	select {
+	case err := <-served:
+		return fmt.Errorf("start routes: %w", err)
+	case <-srv.Ready():
+	}
+
+	results := make([]checkResult, len(routes))
+	var wg sync.WaitGroup
+	for i, r := range routes {
+		wg.Go(func() {
+			results[i] = checkRoute(ctx, r, srv.Addr(r.Name).String(), *timeout)
+		})
+	}
+	wg.Wait()
+
+	failed := printCheckTable(stdout, results)
+	if failed > 0 {
+		return fmt.Errorf("%w: %d of %d routes failed", errCheckFailed, failed, len(results))
+	}
+	return nil
+}
+
+// checkRoutes returns copies of routes that listen on free ports of 127.0.0.1 and admit any
+// local user, so that the check neither collides with a running agent nor is rejected by
+// the allowlist or a connection limit.
+func checkRoutes(routes []knoxproxy.Route) ([]knoxproxy.Route, error) {
+	out := make([]knoxproxy.Route, len(routes))
+	for i, r := range routes {
+		port, err := freeLoopbackPort()
+		if err != nil {
+			return nil, fmt.Errorf("route %q: pick a free port: %w", r.Name, err)
+		}
+		r.ListenAddress, r.LocalPort, r.UnixSocket = "127.0.0.1", port, ""
+		r.AllowedUIDs, r.MaxConnections = nil, 0
+		out[i] = r
+	}
+	return out, nil
+}
+
+func freeLoopbackPort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func checkRoute(ctx context.Context, r knoxproxy.Route, addr string, timeout time.Duration) checkResult {
+	res := checkResult{route: r.Name, protocol: r.Protocol,
+		upstream: net.JoinHostPort(r.UpstreamHost, strconv.Itoa(r.UpstreamPort))}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	switch r.Protocol {
+	case "postgres":
+		res.detail, res.err = checkPostgres(ctx, addr)
+	case "mysql":
+		res.err = checkMySQL(ctx, addr)
+	case "redis":
+		res.err = checkRedis(ctx, addr)
+	case "mongodb":
+		res.err = checkMongoDB(ctx, addr)
+	default:
+		res.err = fmt.Errorf("no check for protocol %q", r.Protocol)
+	}
+	res.latency = time.Since(start)
+	return res
+}
+
+// invalidCatalogName is PostgreSQL's SQLSTATE for a database that does not exist.
+const invalidCatalogName = "3D000"
+
+// checkPostgres connects without a database name, so the agent asks for the stored user's
+// database, as libpq does. The server reports a missing database only after the
+// authentication succeeded, so that counts as a pass with a note.
+func checkPostgres(ctx context.Context, addr string) (string, error) {
+	host, port, _ := net.SplitHostPort(addr)
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s sslmode=disable application_name=dbproxy-check", host, port))
+	if err != nil {
+		return "", err
+	}
+	cfg.User, cfg.Database, cfg.Password = "dbproxy-check", "", ""
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == invalidCatalogName {
+			return "authenticated; " + pgErr.Message, nil
+		}
+		return "", err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var user string
+	if err := conn.QueryRow(ctx, "select current_user").Scan(&user); err != nil {
+		return "", err
+	}
+	return "user " + user, nil
+}
+
+func checkMySQL(ctx context.Context, addr string) error {
+	cfg := mysql.NewConfig()
+	cfg.User, cfg.Net, cfg.Addr = "dbproxy-check", "tcp", addr
+	connector, err := mysql.NewConnector(cfg)
+	if err != nil {
+		return err
+	}
+	db := sql.OpenDB(connector)
+	defer db.Close()
+	var one int
+	return db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+}
+
+func checkRedis(ctx context.Context, addr string) error {
+	client := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DisableIdentity: true})
+	defer client.Close()
+	return client.Ping(ctx).Err()
+}
+
+func checkMongoDB(ctx context.Context, addr string) error {
+	client, err := mongo.Connect(ctx, options.Client().
+		ApplyURI("mongodb://"+addr+"/?directConnection=true").
+		SetRetryReads(false).SetRetryWrites(false))
+	if err != nil {
+		return err
+	}
+	defer client.Disconnect(context.WithoutCancel(ctx))
+	return client.Database("admin").RunCommand(ctx, bson.D{{Key: "ping", Value: 1}}).Err()
+}
+
+// printCheckTable writes the results and returns how many failed.
+func printCheckTable(w io.Writer, results []checkResult) int {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ROUTE\tPROTOCOL\tUPSTREAM\tRESULT\tLATENCY\tDETAIL")
+	failed := 0
+	for _, r := range results {
+		result, detail := "ok", r.detail
+		if r.err != nil {
+			result, detail = "FAIL", oneLine(r.err.Error())
+			failed++
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.route, r.protocol, r.upstream, result,
+			r.latency.Round(time.Millisecond), detail)
+	}
+	tw.Flush()
+	return failed
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
