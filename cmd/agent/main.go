@@ -27,7 +27,6 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
-
 )
 
 // Exit codes.
