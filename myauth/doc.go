@@ -20,10 +20,12 @@
 // shape the command stream (CLIENT_DEPRECATE_EOF, CLIENT_COMPRESS,
 // CLIENT_ZSTD_COMPRESSION_ALGORITHM and its level, CLIENT_SESSION_TRACK,
 // CLIENT_QUERY_ATTRIBUTES, MariaDB's extended capabilities, ...) are therefore the same on
-// both legs, and the splice can copy bytes unchanged. Supported plugins: caching_sha2_password (fast path, and full authentication
-// by sending the password inside TLS), mysql_native_password, sha256_password and
-// mysql_clear_password (inside TLS), and MariaDB's client_ed25519, also after an
-// AuthSwitchRequest. Any other plugin fails with an error wrapping ErrUnsupportedPlugin that
+// both legs, and the splice can copy bytes unchanged.
+//
+// Supported plugins, in the greeting or after an AuthSwitchRequest: caching_sha2_password
+// (fast path, and full authentication by sending the password inside TLS),
+// mysql_native_password, sha256_password and mysql_clear_password (inside TLS), and MariaDB's
+// client_ed25519. Any other plugin fails with an error wrapping ErrUnsupportedPlugin that
 // names it.
 //
 // The server's OK or ERR reaches the client with the sequence id the client expects. A 1045
@@ -31,11 +33,12 @@
 //
 // # Errors sent to the client
 //
-// Handshake reports every failure to the client as an ERR packet before it returns: the
-// server's own ERR, or one written by the agent with code 1043 and SQLSTATE 08S01 (upstream
-// unreachable, TLS failure, protocol error) that names the route. Reject writes the same
-// packet, or 1045 with SQLSTATE 28000 when the credentials are not found, as the first
-// packet of the connection. Callers use Reject only when they do not call Handshake.
+// Handshake reports every failure to a connected client as an ERR packet before it returns.
+// That is the server's own ERR, or one written by the agent with code 1043 and SQLSTATE
+// 08S01 (upstream unreachable, TLS failure, protocol error, login timeout) that names the
+// route. Reject writes the same packet, or 1045 with SQLSTATE 28000 when the credentials are
+// not found, as the first packet of the connection. Callers use Reject only when they do not
+// call Handshake.
 //
 // # After login
 //
