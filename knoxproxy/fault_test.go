@@ -1,6 +1,7 @@
 package knoxproxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -18,6 +19,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -26,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"go.mongodb.org/mongo-driver/x/bsonx/bsoncore"
 
 	"github.com/knoxcall/dbproxy/credsource"
@@ -748,4 +751,246 @@ func TestFaultClientClaimsLargeMessage(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startFaultPG starts PostgreSQL with the stored canary password and an agent route to it.
+func startFaultPG(t *testing.T) (*dbtest.Postgres, *core, string) {
+	t.Helper()
+	pg := dbtest.StartPostgres(t, dbtest.PostgresOptions{})
+	pg.Exec(t, "ALTER ROLE app PASSWORD '"+canaryPassword+"'")
+	c := startCore(t, []Route{{
+		Name: faultRoute, Protocol: "postgres", UpstreamHost: pg.Host, UpstreamPort: pg.Port,
+		TLS: TLS{CAFile: pg.Certs.CAFile}, LoginTimeout: 10 * time.Second,
+	}}, coreOptions{})
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb sslmode=disable connect_timeout=10",
+		c.srv.Addr(faultRoute).(*net.TCPAddr).Port)
+	return pg, c, dsn
+}
+
+// appBackends counts the server sessions of the role app.
+func appBackends(t *testing.T, pg *dbtest.Postgres) string {
+	t.Helper()
+	return pg.Exec(t, "select count(*) from pg_stat_activity where usename = 'app'")
+}
+
+// TestFaultUpstreamRestart checks that sessions live across a PostgreSQL restart get an
+// error, not a hang, and that the agent serves new sessions once the server is back.
+func TestFaultUpstreamRestart(t *testing.T) {
+	const sessions = 5
+	pg, c, dsn := startFaultPG(t)
+	ctx := t.Context()
+	var conns []*pgx.Conn
+	for range sessions {
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		if _, err := conn.Exec(ctx, "select 1"); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, conn)
+	}
+
+	pg.Restart(t)
+
+	for i, conn := range conns {
+		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		start := time.Now()
+		_, err := conn.Exec(qctx, "select 1")
+		timedOut := qctx.Err() != nil
+		cancel()
+		if err == nil {
+			t.Errorf("session %d: query after the restart succeeded, want an error", i)
+			continue
+		}
+		if timedOut {
+			t.Errorf("session %d: query hung until its timeout: %v", i, err)
+		}
+		t.Logf("session %d: %v after %v", i, err, time.Since(start).Round(time.Millisecond))
+	}
+	for _, conn := range conns {
+		conn.Close(ctx)
+	}
+	c.waitIdle(t, 5*time.Second)
+
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("new session after the restart: %v", err)
+	}
+	defer conn.Close(ctx)
+	var user string
+	if err := conn.QueryRow(ctx, "select current_user").Scan(&user); err != nil {
+		t.Fatalf("query on a new session: %v", err)
+	}
+	if user != "app" {
+		t.Errorf("current_user = %q, want app", user)
+	}
+}
+
+// TestFaultClientKilledInTransaction checks that the server session of a client killed with
+// SIGKILL inside a transaction ends promptly, for psql and for a pgx program.
+func TestFaultClientKilledInTransaction(t *testing.T) {
+	for _, client := range []string{"psql", "pgx"} {
+		t.Run(client, func(t *testing.T) {
+			pg, c, dsn := startFaultPG(t)
+			var cmd *exec.Cmd
+			if client == "psql" {
+				cmd = exec.Command(dbtest.LookPath(t, "psql"), dsn, "-XAtq")
+				cmd.Env = append(os.Environ(), "PGPASSWORD=", "PGUSER=")
+				// psql exits at the end of its input; a pipe that stays open keeps it in the
+				// transaction.
+				pr, pw, err := os.Pipe()
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer pw.Close()
+				defer pr.Close()
+				cmd.Stdin = pr
+				pw.WriteString("BEGIN;\nSELECT txid_current();\n")
+			} else {
+				cmd = exec.Command(os.Args[0], "-test.run=^TestFaultPgxHelperProcess$")
+				cmd.Env = append(os.Environ(), "KNOXPROXY_PGX_HELPER_DSN="+dsn)
+			}
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer cmd.Wait()
+			defer cmd.Process.Kill()
+			waitUntil(t, 15*time.Second, func() bool {
+				return pg.Exec(t, "select count(*) from pg_stat_activity where usename = 'app' "+
+					"and state = 'idle in transaction'") == "1"
+			}, func() string { return "no idle-in-transaction session of app; client output: " + out.String() })
+
+			start := time.Now()
+			if err := cmd.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			cmd.Wait()
+			waitUntil(t, 5*time.Second, func() bool { return appBackends(t, pg) == "0" },
+				func() string { return "server session of the killed client still open" })
+			t.Logf("server session ended %v after SIGKILL", time.Since(start).Round(time.Millisecond))
+			c.waitIdle(t, 5*time.Second)
+		})
+	}
+}
+
+// TestFaultPgxHelperProcess is the pgx client that TestFaultClientKilledInTransaction runs
+// and kills: it opens a transaction and waits.
+func TestFaultPgxHelperProcess(t *testing.T) {
+	dsn := os.Getenv("KNOXPROXY_PGX_HELPER_DSN")
+	if dsn == "" {
+		t.Skip("helper process of TestFaultClientKilledInTransaction")
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "begin"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "select txid_current()"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Minute)
+}
+
+func waitUntil(t *testing.T, limit time.Duration, cond func() bool, msg func() string) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", limit, msg())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestFaultHalfClose checks that when one side shuts down its writing direction, the other
+// direction keeps flowing to its end.
+func TestFaultHalfClose(t *testing.T) {
+	t.Run("client", func(t *testing.T) {
+		h := startHarness(t, harnessOptions{})
+		c := h.dial(t)
+		r := bufio.NewReader(c)
+		io.WriteString(c, "LOGIN\n")
+		if got := readLine(t, r); got != "WELCOME\n" {
+			t.Fatalf("got %q, want WELCOME", got)
+		}
+		// More than the socket buffers hold, so most of the echo is still on its way back
+		// when the client shuts down its side.
+		payload := bytes.Repeat([]byte("0123456789abcdef0123456789abcde\n"), 64<<10)
+		writeErr := make(chan error, 1)
+		go func() {
+			_, err := c.Write(payload)
+			if err == nil {
+				err = c.(*net.TCPConn).CloseWrite()
+			}
+			writeErr <- err
+		}()
+		echo, err := io.ReadAll(r)
+		if err != nil {
+			t.Fatalf("read the echo: %v", err)
+		}
+		if err := <-writeErr; err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		if !bytes.Equal(echo, payload) {
+			t.Errorf("echo after the client's half-close: got %d bytes, want %d", len(echo), len(payload))
+		}
+	})
+
+	t.Run("upstream", func(t *testing.T) {
+		certs := dbtest.NewCerts(t, t.TempDir())
+		cert, err := tls.LoadX509KeyPair(certs.ServerCert, certs.ServerKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		received := make(chan []byte, 1)
+		up := startScripted(t, func(c net.Conn) {
+			tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}})
+			r := bufio.NewReader(tc)
+			if _, err := r.ReadString('\n'); err != nil {
+				return
+			}
+			io.WriteString(tc, "OK\nBYE\n")
+			tc.CloseWrite()
+			rest, _ := io.ReadAll(r)
+			received <- rest
+		})
+		c := startCore(t, []Route{{Name: faultRoute, Protocol: "line", UpstreamHost: "127.0.0.1",
+			UpstreamPort: up.port(), TLS: TLS{CAFile: certs.CAFile}}}, coreOptions{})
+		conn, err := net.Dial("tcp", c.srv.Addr(faultRoute).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(conn, "LOGIN\n")
+		got, err := io.ReadAll(conn)
+		if err != nil {
+			t.Fatalf("read until the upstream's half-close: %v", err)
+		}
+		if string(got) != "WELCOME\nBYE\n" {
+			t.Fatalf("got %q, want WELCOME and BYE, then the end of stream", got)
+		}
+		// The upstream still reads: what the client sends now must reach it.
+		payload := bytes.Repeat([]byte("after the upstream's half-close\n"), 4096)
+		if _, err := conn.Write(payload); err != nil {
+			t.Fatalf("write after the upstream's half-close: %v", err)
+		}
+		conn.(*net.TCPConn).CloseWrite()
+		select {
+		case rest := <-received:
+			if !bytes.Equal(rest, payload) {
+				t.Errorf("upstream received %d bytes after its half-close, want %d", len(rest), len(payload))
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("upstream did not see the end of the client's stream")
+		}
+		c.waitIdle(t, 5*time.Second)
+	})
 }
