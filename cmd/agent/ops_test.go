@@ -465,7 +465,9 @@ func clientCertSecrets(t *testing.T, certs *dbtest.Certs, user, password string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	indent := func(b []byte) string { return "      " + strings.ReplaceAll(strings.TrimSpace(string(b)), "\n", "\n      ") }
+	indent := func(b []byte) string {
+		return "      " + strings.ReplaceAll(strings.TrimSpace(string(b)), "\n", "\n      ")
+	}
 	return fmt.Sprintf("secrets:\n  sec_app: {username: %s, password: %q}\n  sec_cert:\n    certificate: |\n%s\n    private_key: |\n%s\n"+
 		"  sec_both:\n    username: %s\n    password: %q\n    certificate: |\n%s\n    private_key: |\n%s\n",
 		user, password, indent(cert), indent(key), user, password, indent(cert), indent(key))
