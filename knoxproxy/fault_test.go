@@ -11,13 +11,16 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/pem"
+	"errors"
 
 	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +28,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -993,4 +997,191 @@ func TestFaultHalfClose(t *testing.T) {
 		}
 		c.waitIdle(t, 5*time.Second)
 	})
+}
+
+// listeningAddrs returns the local addresses of this process's listening TCP sockets, read
+// from /proc/self/net/tcp and tcp6 and matched to the process's descriptors by inode.
+func listeningAddrs(t *testing.T) []netip.Addr {
+	t.Helper()
+	inodes := make(map[string]bool)
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("cannot list descriptors: %v", err)
+	}
+	for _, e := range entries {
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err == nil && strings.HasPrefix(target, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(target, "socket:["), "]")] = true
+		}
+	}
+	var addrs []netip.Addr
+	for _, table := range []string{"/proc/self/net/tcp", "/proc/self/net/tcp6"} {
+		data, err := os.ReadFile(table)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n")[1:] {
+			fields := strings.Fields(line)
+			// Fields: sl, local_address, rem_address, st, ..., inode (the tenth).
+			if len(fields) < 10 || fields[3] != "0A" || !inodes[fields[9]] { // 0A is TCP_LISTEN
+				continue
+			}
+			hexIP, _, _ := strings.Cut(fields[1], ":")
+			raw, err := hex.DecodeString(hexIP)
+			if err != nil {
+				t.Fatalf("%s: bad address %q", table, fields[1])
+			}
+			// The kernel prints each 32-bit word in host byte order (little-endian here).
+			for i := 0; i+4 <= len(raw); i += 4 {
+				raw[i], raw[i+1], raw[i+2], raw[i+3] = raw[i+3], raw[i+2], raw[i+1], raw[i]
+			}
+			addr, _ := netip.AddrFromSlice(raw)
+			addrs = append(addrs, addr.Unmap())
+		}
+	}
+	return addrs
+}
+
+// TestFaultListenersStayOnLoopback checks every listening socket of the process, after
+// Serve and after each reload, and that a reload to a wildcard or outside address is
+// rejected without binding it.
+func TestFaultListenersStayOnLoopback(t *testing.T) {
+	checkLoopback := func(when string) {
+		t.Helper()
+		addrs := listeningAddrs(t)
+		if len(addrs) == 0 {
+			t.Fatalf("%s: found no listening sockets", when)
+		}
+		for _, a := range addrs {
+			if !a.IsLoopback() {
+				t.Errorf("%s: a listening socket is bound to %s", when, a)
+			}
+		}
+	}
+	h := startHarness(t, harnessOptions{})
+	checkLoopback("after Serve")
+	base := h.srv.cfg.Routes[0]
+
+	var routes []Route
+	for i, addr := range []string{"", "127.0.0.2", "localhost", "::1", "::ffff:127.0.0.1"} {
+		r := base
+		r.Name = fmt.Sprintf("r%d", i)
+		r.ListenAddress = addr
+		r.LocalPort = dbtest.FreePort(t)
+		routes = append(routes, r)
+	}
+	if err := h.srv.Update(append([]Route{base}, routes...)); err != nil {
+		t.Fatalf("Update with loopback addresses: %v", err)
+	}
+	checkLoopback("after adding routes")
+
+	for _, addr := range []string{"0.0.0.0", "::", "::ffff:0.0.0.0", "::ffff:10.1.2.3", "192.0.2.1", "[::]", "*"} {
+		bad := base
+		bad.ListenAddress = addr
+		if err := h.srv.Update(append([]Route{bad}, routes...)); err == nil {
+			t.Errorf("Update with listen address %q succeeded", addr)
+		}
+		checkLoopback("after Update to " + addr)
+		if h.srv.Addr(base.Name) == nil {
+			t.Errorf("a rejected Update to %q stopped the route", addr)
+		}
+	}
+}
+
+// TestFaultRejectedPeerCausesNothing checks, for each protocol, that a peer whose UID is not
+// allowed is closed with no credential fetch, no dial and no upstream connection, including
+// MySQL, where the server speaks first.
+func TestFaultRejectedPeerCausesNothing(t *testing.T) {
+	for _, p := range faultProtocols {
+		t.Run(p.name, func(t *testing.T) {
+			certs := dbtest.NewCerts(t, t.TempDir())
+			var up *scriptedUpstream
+			up = startScripted(t, func(c net.Conn) { up.drain(c) })
+			route := faultRouteFor(p, up.port(), certs)
+			route.AllowedUIDs = []uint32{1000}
+			c := startCore(t, []Route{route}, coreOptions{peer: fixedPeer{cred: peercred.Cred{UID: 1001, PID: 9}}})
+
+			res := openRaw(t, c.srv.Addr(faultRoute).String(), p, 5*time.Second)
+			// Closing a socket with unread input sends a reset, so ECONNRESET is a close too.
+			if res.err != nil && !errors.Is(res.err, syscall.ECONNRESET) {
+				t.Fatalf("client read: %v; want the connection closed", res.err)
+			}
+			if len(res.reply) != 0 {
+				t.Errorf("rejected peer got %q, want nothing", res.reply)
+			}
+			c.waitIdle(t, 5*time.Second)
+			if n := c.source.fetches.Load(); n != 0 {
+				t.Errorf("credential fetches = %d, want 0", n)
+			}
+			if n := c.dials.Load(); n != 0 {
+				t.Errorf("upstream dials = %d, want 0", n)
+			}
+			if n := up.conns.Load(); n != 0 {
+				t.Errorf("upstream connections = %d, want 0", n)
+			}
+		})
+	}
+}
+
+// TestFaultUnixSocketRoute checks the mode of a route's Unix socket, even under umask 0,
+// and that the UID allowlist applies to peers on it, identified by the kernel.
+func TestFaultUnixSocketRoute(t *testing.T) {
+	old := syscall.Umask(0)
+	t.Cleanup(func() { syscall.Umask(old) })
+	uid := uint32(os.Getuid())
+	tests := []struct {
+		name    string
+		mode    os.FileMode
+		allowed []uint32
+		want    os.FileMode
+		admit   bool
+	}{
+		{"default mode, own uid allowed", 0, []uint32{uid}, 0o600, true},
+		{"0660, own uid allowed", 0o660, []uint32{uid}, 0o660, true},
+		{"0660, own uid not allowed", 0o660, []uint32{uid + 1}, 0o660, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			certs := dbtest.NewCerts(t, t.TempDir())
+			up := startLineUpstream(t, certs, canaryPassword)
+			socket := filepath.Join(t.TempDir(), "line.sock")
+			c := startCore(t, []Route{{Name: faultRoute, Protocol: "line", UpstreamHost: "127.0.0.1",
+				UpstreamPort: up.port(), TLS: TLS{CAFile: certs.CAFile}, UnixSocket: socket,
+				UnixSocketMode: tt.mode, AllowedUIDs: tt.allowed}}, coreOptions{peer: &peercred.Kernel{}})
+
+			st, err := os.Stat(socket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := st.Mode().Perm(); got != tt.want {
+				t.Errorf("socket mode = %#o, want %#o", got, tt.want)
+			}
+			conn, err := net.Dial("unix", socket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(conn, "LOGIN\n")
+			got, _ := bufio.NewReader(conn).ReadString('\n')
+			if tt.admit && got != "WELCOME\n" {
+				t.Errorf("allowed peer got %q, want WELCOME", got)
+			}
+			if !tt.admit {
+				if got != "" {
+					t.Errorf("rejected peer got %q, want nothing", got)
+				}
+				c.waitIdle(t, 5*time.Second)
+				if n := c.source.fetches.Load(); n != 0 {
+					t.Errorf("credential fetches = %d, want 0", n)
+				}
+				if n := up.conns.Load(); n != 0 {
+					t.Errorf("upstream connections = %d, want 0", n)
+				}
+				if logs := c.logs.String(); !strings.Contains(logs, fmt.Sprintf("peer_uid=%d", uid)) {
+					t.Errorf("log does not name the rejected UID %d:\n%s", uid, logs)
+				}
+			}
+		})
+	}
 }
