@@ -11,7 +11,7 @@ FUZZTIME  ?= 10s
 export DBPROXY_FERRETDB := $(FERRETDB)
 export DBPROXY_MONGOSH  := $(MONGOSH)
 
-.PHONY: all build demo test deps unit fuzz vet clean
+.PHONY: all build demo demo-mysql test deps unit fuzz vet clean
 
 all: build
 
@@ -21,6 +21,10 @@ build:
 ## demo: run the agent in front of a throwaway PostgreSQL and query through it with psql.
 demo:
 	scripts/demo.sh
+
+## demo-mysql: the same in front of a throwaway MariaDB, queried with the mariadb client.
+demo-mysql:
+	scripts/demo-mysql.sh
 
 ## test: install the servers, then run vet, every test with the race detector, and short fuzz runs.
 test: deps vet unit fuzz

@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/knoxcall/dbproxy/internal/handshake"
 )
@@ -43,11 +44,23 @@ func RunCounted(a, b net.Conn, countAToB, countBToA *atomic.Int64) (aToB, bToA i
 		wg       sync.WaitGroup
 		mu       sync.Mutex
 		firstErr error
+		// cleanEnd is set once one direction reached a clean end of stream.
+		cleanEnd bool
 	)
 	record := func(e error) {
 		mu.Lock()
 		defer mu.Unlock()
-		if firstErr == nil && e != nil && !errors.Is(e, net.ErrClosed) {
+		if e == nil {
+			cleanEnd = true
+			return
+		}
+		// After one side ended its stream, a reset or broken pipe is how the other side
+		// closing at the same time usually shows, e.g. a server that exits on the client's
+		// quit message and receives the TLS close_notify a moment too late.
+		if cleanEnd && (errors.Is(e, syscall.ECONNRESET) || errors.Is(e, syscall.EPIPE)) {
+			return
+		}
+		if firstErr == nil && !errors.Is(e, net.ErrClosed) {
 			firstErr = e
 		}
 	}

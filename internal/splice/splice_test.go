@@ -145,3 +145,32 @@ func BenchmarkRun(b *testing.B) {
 	client.Close()
 	server.Close()
 }
+
+// TestResetAfterCleanEndIsNotAnError covers a server that closes abruptly right after the
+// client ended its stream, as a database does on the client's quit message.
+func TestResetAfterCleanEndIsNotAnError(t *testing.T) {
+	client, proxyClient := tcpPair(t)
+	proxyServer, server := tcpPair(t)
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := Run(proxyClient, proxyServer)
+		done <- err
+	}()
+
+	client.Write([]byte("quit"))
+	client.(*net.TCPConn).CloseWrite()
+	if got, _ := io.ReadAll(server); string(got) != "quit" {
+		t.Fatalf("server got %q", got)
+	}
+	server.(*net.TCPConn).SetLinger(0)
+	server.Close() // a reset
+
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v, want nil: the reset followed a clean end", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return")
+	}
+}
