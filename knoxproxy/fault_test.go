@@ -1185,3 +1185,131 @@ func TestFaultUnixSocketRoute(t *testing.T) {
 		})
 	}
 }
+
+// staleCanary is the password of the route that the upstream rejects.
+const staleCanary = "stale-3e8a91-pw"
+
+// TestFaultAgentHidesPassword runs the agent binary with a file credential source and
+// checks that the stored password appears neither in its command line nor in its debug
+// log, through a successful session and a rejected one.
+func TestFaultAgentHidesPassword(t *testing.T) {
+	dir := t.TempDir()
+	agent := filepath.Join(dir, "agent")
+	build := exec.Command("go", "build", "-o", agent, "../cmd/agent")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build cmd/agent: %v\n%s", err, out)
+	}
+	certs := dbtest.NewCerts(t, filepath.Join(dir, "certs"))
+	cert, err := tls.LoadX509KeyPair(certs.ServerCert, certs.ServerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A Redis fake: +OK to an AUTH that carries the canary, WRONGPASS otherwise, then
+	// +PONG to every read.
+	up := startScripted(t, func(c net.Conn) {
+		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}})
+		buf := make([]byte, 4096)
+		n, err := tc.Read(buf)
+		if err != nil {
+			return
+		}
+		if !bytes.Contains(buf[:n], []byte(canaryPassword)) {
+			io.WriteString(tc, "-WRONGPASS invalid username-password pair\r\n")
+			return
+		}
+		io.WriteString(tc, "+OK\r\n")
+		for {
+			if _, err := tc.Read(buf); err != nil {
+				return
+			}
+			io.WriteString(tc, "+PONG\r\n")
+		}
+	})
+	goodPort, badPort := dbtest.FreePort(t), dbtest.FreePort(t)
+	secrets := fmt.Sprintf("secrets:\n  good: {username: app, password: %q}\n  bad: {username: app, password: %q}\n",
+		canaryPassword, staleCanary)
+	if err := os.WriteFile(filepath.Join(dir, "secrets.yaml"), []byte(secrets), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	config := fmt.Sprintf(`credentials: {source: file, path: secrets.yaml}
+shutdown_timeout: 2s
+routes:
+  - {name: good, protocol: redis, local_port: %d, upstream_host: 127.0.0.1, upstream_port: %d,
+     committed_secret_id: good, tls: {ca_file: %s}}
+  - {name: bad, protocol: redis, local_port: %d, upstream_host: 127.0.0.1, upstream_port: %d,
+     committed_secret_id: bad, tls: {ca_file: %s}}
+`, goodPort, up.port(), certs.CAFile, badPort, up.port(), certs.CAFile)
+	configFile := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(configFile, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	var logs syncBuffer
+	cmd := exec.Command(agent, "-config", configFile, "-log-level", "debug")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}()
+	waitUntil(t, 10*time.Second, func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", badPort))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, func() string { return "agent did not listen; output:\n" + logs.String() })
+
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pw := range []string{canaryPassword, staleCanary} {
+		if bytes.Contains(cmdline, []byte(pw)) {
+			t.Errorf("agent command line contains a password: %q", cmdline)
+		}
+	}
+
+	for _, tc := range []struct {
+		port int
+		want string
+	}{
+		{goodPort, "+PONG\r\n"},
+		{badPort, "-WRONGPASS"},
+	} {
+		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", tc.port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(conn, "PING\r\n")
+		reply, _ := bufio.NewReader(conn).ReadString('\n')
+		conn.Close()
+		if !strings.HasPrefix(reply, tc.want) {
+			t.Errorf("port %d: got %q, want %q", tc.port, reply, tc.want)
+		}
+		if strings.Contains(reply, canaryPassword) || strings.Contains(reply, staleCanary) {
+			t.Errorf("port %d: reply contains a password: %q", tc.port, reply)
+		}
+	}
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Wait()
+	stopped = true
+	out := logs.String()
+	for _, pw := range []string{canaryPassword, staleCanary} {
+		if strings.Contains(out, pw) {
+			t.Errorf("agent output contains a password:\n%s", out)
+		}
+	}
+	for _, want := range []string{"outcome=ok", "outcome=" + outcomeAuthFailed} {
+		if !strings.Contains(out, want) {
+			t.Errorf("agent output lacks %q, so a path went untested:\n%s", want, out)
+		}
+	}
+}
