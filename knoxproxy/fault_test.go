@@ -145,6 +145,7 @@ type scriptedUpstream struct {
 	wg     sync.WaitGroup
 }
 
+// startScripted starts the server; a nil script drains each connection.
 func startScripted(t *testing.T, script func(c net.Conn)) *scriptedUpstream {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -152,6 +153,9 @@ func startScripted(t *testing.T, script func(c net.Conn)) *scriptedUpstream {
 		t.Fatal(err)
 	}
 	u := &scriptedUpstream{ln: ln}
+	if script == nil {
+		script = func(c net.Conn) { u.drain(c) }
+	}
 	u.wg.Add(1)
 	go func() {
 		defer u.wg.Done()
@@ -304,8 +308,7 @@ func TestFaultUpstreamSilent(t *testing.T) {
 	for _, p := range faultProtocols {
 		t.Run(p.name, func(t *testing.T) {
 			certs := dbtest.NewCerts(t, t.TempDir())
-			var up *scriptedUpstream
-			up = startScripted(t, func(c net.Conn) { up.drain(c) })
+			up := startScripted(t, nil)
 			route := faultRouteFor(p, up.port(), certs)
 			route.LoginTimeout = loginTimeout
 			c := startCore(t, []Route{route}, coreOptions{})
@@ -413,8 +416,8 @@ func TestFaultUpstreamOversizedReply(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var up *scriptedUpstream
-			up = startScripted(t, func(c net.Conn) {
+			var closed atomic.Int64
+			up := startScripted(t, func(c net.Conn) {
 				if p.startTLS(c) != nil {
 					return
 				}
@@ -425,14 +428,15 @@ func TestFaultUpstreamOversizedReply(t *testing.T) {
 				tc.Read(make([]byte, 4096))
 				tc.Write(oversized[p.name])
 				// Keep the connection open: the agent must not wait for the rest.
-				up.drain(tc)
+				io.Copy(io.Discard, tc)
+				closed.Add(1)
 			})
 			c := startCore(t, []Route{faultRouteFor(p, up.port(), certs)}, coreOptions{})
 
 			res := openRaw(t, c.srv.Addr(faultRoute).String(), p, 10*time.Second)
 			checkNamedError(t, p, res, 2*time.Second)
 			c.waitIdle(t, 5*time.Second)
-			waitCount(t, &up.closed, 1, 5*time.Second, "upstream connections closed by the agent")
+			waitCount(t, &closed, 1, 5*time.Second, "upstream connections closed by the agent")
 			logs := c.logs.String()
 			if p.name == "mongodb" && strings.Contains(logs, "outcome="+outcomeHandshakeFailed) {
 				t.Skip("known bug: mongoauth's roundTrip returns readMessage's errMessageTooLarge " +
@@ -616,8 +620,7 @@ func TestFaultClientSilent(t *testing.T) {
 		}
 		t.Run(p.name, func(t *testing.T) {
 			certs := dbtest.NewCerts(t, t.TempDir())
-			var up *scriptedUpstream
-			up = startScripted(t, func(c net.Conn) { up.drain(c) })
+			up := startScripted(t, nil)
 			route := faultRouteFor(p, up.port(), certs)
 			route.LoginTimeout = loginTimeout
 			c := startCore(t, []Route{route}, coreOptions{})
@@ -659,8 +662,7 @@ func TestFaultClientLeavesMidHandshake(t *testing.T) {
 		for _, stage := range []string{"half opening", "upstream pending"} {
 			t.Run(p.name+"/"+stage, func(t *testing.T) {
 				certs := dbtest.NewCerts(t, t.TempDir())
-				var up *scriptedUpstream
-				up = startScripted(t, func(c net.Conn) { up.drain(c) })
+				up := startScripted(t, nil)
 				route := faultRouteFor(p, up.port(), certs)
 				route.LoginTimeout = loginTimeout
 				c := startCore(t, []Route{route}, coreOptions{})
@@ -713,8 +715,7 @@ func TestFaultClientClaimsLargeMessage(t *testing.T) {
 		}
 		t.Run(p.name, func(t *testing.T) {
 			certs := dbtest.NewCerts(t, t.TempDir())
-			var up *scriptedUpstream
-			up = startScripted(t, func(c net.Conn) { up.drain(c) })
+			up := startScripted(t, nil)
 			route := faultRouteFor(p, up.port(), certs)
 			route.LoginTimeout = 20 * time.Second
 			c := startCore(t, []Route{route}, coreOptions{})
@@ -1095,8 +1096,7 @@ func TestFaultRejectedPeerCausesNothing(t *testing.T) {
 	for _, p := range faultProtocols {
 		t.Run(p.name, func(t *testing.T) {
 			certs := dbtest.NewCerts(t, t.TempDir())
-			var up *scriptedUpstream
-			up = startScripted(t, func(c net.Conn) { up.drain(c) })
+			up := startScripted(t, nil)
 			route := faultRouteFor(p, up.port(), certs)
 			route.AllowedUIDs = []uint32{1000}
 			c := startCore(t, []Route{route}, coreOptions{peer: fixedPeer{cred: peercred.Cred{UID: 1001, PID: 9}}})
