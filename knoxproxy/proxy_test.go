@@ -692,3 +692,24 @@ func TestUpdateRoutes(t *testing.T) {
 		t.Fatal("Addr still reports the removed route")
 	}
 }
+
+func TestClientCertSecretWithoutCertificate(t *testing.T) {
+	h := startHarness(t, harnessOptions{})
+	// The route names a client certificate secret that has only a password.
+	h.source.Static.Set("cert", credsource.Credentials{Username: "x", Password: "y"})
+	routes := []Route{h.srv.cfg.Routes[0]}
+	routes[0].TLS.ClientCertSecretID = "cert"
+	if err := h.srv.Update(routes); err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial(t)
+	io.WriteString(c, "LOGIN\n")
+	got := readLine(t, bufio.NewReader(c))
+	if !strings.Contains(got, `client certificate "cert": the secret has no certificate`) {
+		t.Fatalf("got %q, want an error about the missing client certificate", got)
+	}
+	h.stop(t)
+	if n := h.dials.Load(); n != 0 {
+		t.Errorf("upstream dials = %d, want 0: no connection without the required certificate", n)
+	}
+}

@@ -72,6 +72,11 @@ type TLS struct {
 	// ServerName is the name verified against the upstream's certificate. Empty means
 	// UpstreamHost (an IP address there is checked against the certificate's IP SANs).
 	ServerName string
+	// ClientCertSecretID, if not empty, names a secret whose Certificate and PrivateKey the
+	// agent presents to the upstream (mutual TLS). It is fetched from the same source as
+	// the route's credentials. Empty means the route's own secret supplies the client
+	// certificate when it has one, and no certificate is presented otherwise.
+	ClientCertSecretID string
 	// InsecureSkipVerify turns off certificate and host name verification. For development
 	// only: anyone on the path to the database can then read the credentials. Serve logs a
 	// warning for each route that sets it.

@@ -1,6 +1,7 @@
 package knoxproxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -213,6 +214,13 @@ func (sess *session) login(ctx context.Context) (handshake.Conns, string, error)
 		return handshake.Conns{}, outcomeCredentials, sess.reject(ctx, client, err)
 	}
 
+	// Fetch the client certificate for mutual TLS, if the route names one.
+	tlsConfig, err := sess.tlsConfig(ctx, creds)
+	if err != nil {
+		sess.log.Error("client certificate unavailable", "secret_id", r.TLS.ClientCertSecretID, "err", err)
+		return handshake.Conns{}, outcomeCredentials, sess.reject(ctx, client, err)
+	}
+
 	// Dial the upstream.
 	upstream, err := sess.dial(ctx)
 	if err != nil {
@@ -222,7 +230,7 @@ func (sess *session) login(ctx context.Context) (handshake.Conns, string, error)
 	// Run the protocol's handshake; it opens TLS and authenticates.
 	opts := handshake.Options{
 		Route:     r.Name,
-		TLSConfig: sess.tlsConfig(creds),
+		TLSConfig: tlsConfig,
 		Logger:    sess.log,
 		Redial:    sess.redialer(creds),
 	}
@@ -320,22 +328,33 @@ func refetch(ctx context.Context, src credsource.Source, id string, rejected cre
 	return fresh, nil
 }
 
-// tlsConfig returns the route's upstream TLS configuration, with the client certificate
-// from creds when the secret has one.
-func (sess *session) tlsConfig(creds credsource.Credentials) *tls.Config {
-	if len(creds.Certificate) == 0 || len(creds.PrivateKey) == 0 {
-		return sess.rs.tls
+// tlsConfig returns the route's upstream TLS configuration with the client certificate
+// of the route's ClientCertSecretID, or else of creds when that secret has one.
+func (sess *session) tlsConfig(ctx context.Context, creds credsource.Credentials) (*tls.Config, error) {
+	r := sess.rs.route
+	certCreds := creds
+	if id := r.TLS.ClientCertSecretID; id != "" {
+		var err error
+		certCreds, err = sess.srv.cfg.Credentials.Fetch(ctx, id)
+		sess.recordFetch(err)
+		if err != nil {
+			return nil, fmt.Errorf("fetch client certificate %q: %w", id, err)
+		}
+		if len(certCreds.Certificate) == 0 || len(certCreds.PrivateKey) == 0 {
+			return nil, fmt.Errorf("client certificate %q: the secret has no certificate and private_key", id)
+		}
 	}
-	cert, err := tls.X509KeyPair(creds.Certificate, creds.PrivateKey)
+	if len(certCreds.Certificate) == 0 || len(certCreds.PrivateKey) == 0 {
+		return sess.rs.tls, nil
+	}
+	cert, err := tls.X509KeyPair(certCreds.Certificate, certCreds.PrivateKey)
 	if err != nil {
 		// The error text of X509KeyPair does not include key material.
-		sess.log.Error("client certificate in the secret is invalid; connecting without it",
-			"secret_id", sess.rs.route.SecretID, "err", err)
-		return sess.rs.tls
+		return nil, fmt.Errorf("client certificate of secret %q: %w", cmp.Or(r.TLS.ClientCertSecretID, r.SecretID), err)
 	}
 	cfg := sess.rs.tls.Clone()
 	cfg.Certificates = []tls.Certificate{cert}
-	return cfg
+	return cfg, nil
 }
 
 func (sess *session) readOutcome(ctx context.Context) string {

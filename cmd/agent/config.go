@@ -117,9 +117,6 @@ type agentConfig struct {
 	shutdownDelay   time.Duration
 	adminAddress    string
 	checkInterval   time.Duration
-	// clientCerts maps the secret id given to knoxproxy for each route with
-	// client_cert_secret_id to the two secrets it combines.
-	clientCerts map[string]secretPair
 }
 
 // loadConfig reads, parses and validates the configuration file. Relative paths in it are
@@ -149,7 +146,6 @@ func loadConfig(path string) (*agentConfig, error) {
 		shutdownDelay:   time.Duration(fc.ShutdownDelay),
 		adminAddress:    fc.AdminAddress,
 		checkInterval:   time.Duration(fc.ConfigCheckInterval),
-		clientCerts:     make(map[string]secretPair),
 	}
 	if cfg.checkInterval == 0 {
 		cfg.checkInterval = defaultConfigCheckInterval
@@ -189,16 +185,11 @@ func loadConfig(path string) (*agentConfig, error) {
 				CAFile:             resolve(rc.TLS.CAFile),
 				ServerName:         rc.TLS.ServerName,
 				InsecureSkipVerify: rc.TLS.InsecureSkipVerify,
+				ClientCertSecretID: rc.TLS.ClientCertSecretID,
 			},
 			DialTimeout:    time.Duration(rc.DialTimeout),
 			LoginTimeout:   time.Duration(rc.LoginTimeout),
 			MaxConnections: rc.MaxConnections,
-		}
-		if id := rc.TLS.ClientCertSecretID; id != "" && rc.SecretID != "" {
-			// NOTE: knoxproxy presents a client certificate only from the route's own
-			// secret, so the route gets a combined id that clientCertSource resolves.
-			r.SecretID = combinedSecretID(rc.SecretID, id)
-			cfg.clientCerts[r.SecretID] = secretPair{credentials: rc.SecretID, clientCert: id}
 		}
 		if rc.UnixSocketMode != nil {
 			r.UnixSocketMode = os.FileMode(*rc.UnixSocketMode)

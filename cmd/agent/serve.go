@@ -184,9 +184,7 @@ func (d *daemon) reload(trigger string) {
 	undo := func() {}
 	credsChanged := !reflect.DeepEqual(cfg.credentials, old.credentials)
 	if credsChanged {
-		undo = d.creds.swap(cfg.source, cfg.cacheTTL, cfg.clientCerts)
-	} else {
-		d.creds.addPairs(cfg.clientCerts)
+		undo = d.creds.swap(cfg.source, cfg.cacheTTL)
 	}
 	if err := d.srv.Update(cfg.routes); err != nil {
 		undo()
