@@ -11,7 +11,7 @@ FUZZTIME  ?= 10s
 export DBPROXY_FERRETDB := $(FERRETDB)
 export DBPROXY_MONGOSH  := $(MONGOSH)
 
-.PHONY: all build demo demo-mysql test deps unit fuzz vet clean
+.PHONY: all build demo demo-mysql test deps unit examples fuzz vet clean
 
 all: build
 
@@ -26,8 +26,9 @@ demo:
 demo-mysql:
 	scripts/demo-mysql.sh
 
-## test: install the servers, then run vet, every test with the race detector, and short fuzz runs.
-test: deps vet unit fuzz
+## test: install the servers, then run vet, every test with the race detector, the example
+## modules' tests and short fuzz runs.
+test: deps vet unit examples fuzz
 
 deps:
 	scripts/install-test-deps.sh
@@ -41,6 +42,9 @@ vet:
 
 unit:
 	$(GO) test -race -count=1 -timeout 30m ./...
+
+examples:
+	examples/test.sh
 
 fuzz:
 	scripts/fuzz.sh $(FUZZTIME)
