@@ -6,6 +6,7 @@
 # here. Needs root (MariaDB runs as the mysql user).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 if [ "$(id -u)" -ne 0 ]; then
 	echo "demo-mysql: run as root: MariaDB is started as the mysql system user" >&2
@@ -27,23 +28,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 echo "== making a CA and a server certificate for 127.0.0.1"
 certs=$base/certs
-mkdir -p "$certs"
-(
-	cd "$certs"
-	openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj "/CN=dbproxy demo CA" \
-		-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-	openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=localhost" 2>/dev/null
-	printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >server.ext
-	openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 \
-		-extfile server.ext 2>/dev/null
-	rm -f server.csr server.ext ca.key
-)
+make_certs "$certs"
 
 echo "== starting MariaDB on 127.0.0.1 (TLS required)"
 db_port=$(free_port)
@@ -92,23 +79,12 @@ sed 's/^/    /' "$base/agent.yaml"
 
 echo "== starting the agent"
 go build -o "$base/agent" ./cmd/agent
-"$base/agent" -config "$base/agent.yaml" 2>"$base/agent.log" &
-agent_pid=$!
-for _ in $(seq 1 100); do
-	grep -q 'msg="route listening"' "$base/agent.log" && break
-	kill -0 "$agent_pid" 2>/dev/null || { cat "$base/agent.log" >&2; exit 1; }
-	sleep 0.1
-done
+start_agent "$base"
 
 echo "== querying through the agent: mariadb -h 127.0.0.1 -P $port appdb (no password)"
 mariadb --no-defaults -h 127.0.0.1 -P "$port" --skip-ssl appdb -e \
 	"SELECT current_user() AS user, @@version AS server;
 	 SHOW SESSION STATUS LIKE 'Ssl_version';"
 
-echo "== the agent's log"
-sed 's/^/    /' "$base/agent.log"
-if grep -q "$password" "$base/agent.log"; then
-	echo "demo-mysql: the password appears in the agent's log" >&2
-	exit 1
-fi
+show_agent_log "$base" "$password"
 echo "== done; tearing down"

@@ -6,6 +6,7 @@
 # uses a CA and certificate made here. Needs root (PostgreSQL runs as the postgres user).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 if [ "$(id -u)" -ne 0 ]; then
 	echo "demo: run as root: PostgreSQL is started as the postgres system user" >&2
@@ -26,23 +27,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 echo "== making a CA and a server certificate for 127.0.0.1"
 certs=$base/certs
-mkdir -p "$certs"
-(
-	cd "$certs"
-	openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj "/CN=dbproxy demo CA" \
-		-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-	openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=localhost" 2>/dev/null
-	printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >server.ext
-	openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 \
-		-extfile server.ext 2>/dev/null
-	rm -f server.csr server.ext ca.key
-)
+make_certs "$certs"
 
 echo "== starting PostgreSQL on 127.0.0.1 (TLS and scram-sha-256 only)"
 pg_port=$(free_port)
@@ -95,20 +82,8 @@ sed 's/^/    /' "$base/agent.yaml"
 
 echo "== starting the agent"
 go build -o "$base/agent" ./cmd/agent
-"$base/agent" -config "$base/agent.yaml" 2>"$base/agent.log" &
-agent_pid=$!
-port=""
-for _ in $(seq 1 100); do
-	port=$(sed -n 's/.*msg="route listening".*listen=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$base/agent.log" | head -1)
-	[ -n "$port" ] && break
-	kill -0 "$agent_pid" 2>/dev/null || break
-	sleep 0.1
-done
-if [ -z "$port" ]; then
-	echo "demo: the agent did not start:" >&2
-	cat "$base/agent.log" >&2
-	exit 1
-fi
+start_agent "$base"
+port=$(sed -n 's/.*msg="route listening".*listen=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$base/agent.log" | head -1)
 echo "   agent listening on 127.0.0.1:$port"
 
 echo "== querying through the agent: psql \"host=127.0.0.1 port=$port dbname=appdb\" (no password, no user)"
@@ -116,10 +91,5 @@ env -u PGPASSWORD -u PGUSER psql "host=127.0.0.1 port=$port dbname=appdb" -X -c 
 	"SELECT current_user, s.ssl AS upstream_tls, s.version AS tls_version, left(version(), 32) AS server
 	   FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()"
 
-echo "== the agent's log"
-sed 's/^/    /' "$base/agent.log"
-if grep -q "$password" "$base/agent.log"; then
-	echo "demo: the password appears in the agent's log" >&2
-	exit 1
-fi
+show_agent_log "$base" "$password"
 echo "== done; tearing down"
