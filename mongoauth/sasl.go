@@ -1,12 +1,15 @@
 package mongoauth
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"slices"
 
 	"github.com/xdg-go/scram"
 	"go.mongodb.org/mongo-driver/x/bsonx/bsoncore"
+
+	"github.com/knoxcall/dbproxy/internal/handshake"
 )
 
 // maxSASLReplies bounds the saslContinue round trips of one SCRAM conversation. SCRAM needs
@@ -47,6 +50,9 @@ func roundTrip(conn io.ReadWriter, body bsoncore.Document, sequences []byte) (bs
 		return nil, err
 	}
 	msg, err := readMessage(conn)
+	if errors.Is(err, errMessageTooLarge) || errors.Is(err, errMessageTooSmall) {
+		return nil, fmt.Errorf("%w: %w", ErrUpstreamProtocol, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -151,6 +157,9 @@ func continueSCRAM(conn io.ReadWriter, conv *scram.ClientConversation, authDB st
 
 		var response string
 		if !conv.Done() {
+			if err := handshake.CheckSCRAMIterations(string(payload)); err != nil {
+				return err
+			}
 			var err error
 			if response, err = conv.Step(string(payload)); err != nil {
 				return fmt.Errorf("%w: SCRAM: %w", ErrUpstreamProtocol, err)

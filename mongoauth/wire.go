@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -45,13 +46,23 @@ func readMessage(r io.Reader) ([]byte, error) {
 	if length > maxMessageSizeBytes {
 		return nil, fmt.Errorf("%w: %d bytes", errMessageTooLarge, length)
 	}
-	msg := make([]byte, length)
+	// Grow the buffer as bytes arrive rather than to the announced length at once, so a
+	// peer that announces 48 MB and sends nothing costs no more than it sent.
+	msg := make([]byte, headerSize, min(int(length), readChunkSize))
 	copy(msg, header[:])
-	if _, err := io.ReadFull(r, msg[headerSize:]); err != nil {
-		return nil, err
+	for len(msg) < int(length) {
+		n := min(int(length)-len(msg), readChunkSize)
+		msg = slices.Grow(msg, n)
+		if _, err := io.ReadFull(r, msg[len(msg):len(msg)+n]); err != nil {
+			return nil, err
+		}
+		msg = msg[:len(msg)+n]
 	}
 	return msg, nil
 }
+
+// readChunkSize is how much readMessage reads, and grows its buffer by, at a time.
+const readChunkSize = 64 << 10
 
 // command is a command request parsed from an OP_MSG or a legacy OP_QUERY.
 type command struct {

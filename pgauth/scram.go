@@ -162,6 +162,9 @@ func (l *upstreamLogin) continueSCRAM(body []byte) error {
 	if l.scram == nil {
 		return upstreamProtocolError("upstream sent AuthenticationSASLContinue without AuthenticationSASL")
 	}
+	if err := handshake.CheckSCRAMIterations(string(req.Data)); err != nil {
+		return err
+	}
 	final, err := l.scram.Step(string(req.Data))
 	if err != nil {
 		return upstreamProtocolError("scram server-first-message: %v", err)
