@@ -47,7 +47,7 @@ const faultRoute = "faulty"
 type core struct {
 	srv    *Server
 	source *countingSource
-	logs   *syncBuffer
+	logs   *dbtest.LogBuffer
 	dials  *atomic.Int64
 }
 
@@ -77,7 +77,7 @@ func startCore(t *testing.T, routes []Route, o coreOptions) *core {
 			routes[i].LocalPort = dbtest.FreePort(t)
 		}
 	}
-	logs := &syncBuffer{}
+	logs := &dbtest.LogBuffer{}
 	var dials atomic.Int64
 	var d net.Dialer
 	srv, err := New(Config{
@@ -1235,7 +1235,7 @@ routes:
 		t.Fatal(err)
 	}
 
-	var logs syncBuffer
+	var logs dbtest.LogBuffer
 	cmd := exec.Command(agent, "-config", configFile, "-log-level", "debug")
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -43,27 +42,10 @@ func (s *countingSource) Fetch(ctx context.Context, id string) (credsource.Crede
 	return s.Source.Fetch(ctx, id)
 }
 
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 type running struct {
 	srv    *knoxproxy.Server
 	source *countingSource
-	logs   *lockedBuffer
+	logs   *dbtest.LogBuffer
 }
 
 // serve runs one route with the stored credentials creds until the test ends.
@@ -75,7 +57,7 @@ func serve(t *testing.T, route knoxproxy.Route, creds credsource.Credentials) *r
 		route.LocalPort = dbtest.FreePort(t)
 	}
 	src := &countingSource{Source: credsource.NewCache(credsource.NewStatic(map[string]credsource.Credentials{"sec": creds}), time.Minute)}
-	logs := &lockedBuffer{}
+	logs := &dbtest.LogBuffer{}
 	srv, err := knoxproxy.New(knoxproxy.Config{
 		Routes:          []knoxproxy.Route{route},
 		Credentials:     src,

@@ -2,7 +2,6 @@ package knoxproxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -166,29 +165,11 @@ type fixedPeer struct {
 
 func (p fixedPeer) PeerCred(net.Conn) (peercred.Cred, error) { return p.cred, p.err }
 
-// syncBuffer is a log destination that tests read while the server writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 type harness struct {
 	srv      *Server
 	source   *countingSource
 	upstream *lineUpstream
-	logs     *syncBuffer
+	logs     *dbtest.LogBuffer
 	dials    *atomic.Int64
 	cancel   context.CancelFunc
 	done     chan error
@@ -216,7 +197,7 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 	if o.peer == nil {
 		o.peer = fixedPeer{cred: peercred.Cred{UID: 1000, PID: 42}}
 	}
-	logs := &syncBuffer{}
+	logs := &dbtest.LogBuffer{}
 	var dials atomic.Int64
 	var d net.Dialer
 	srv, err := New(Config{
@@ -551,7 +532,7 @@ func TestSniff(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			// A pipe-backed reader would block past the input; a loopback socket shows
 			// that sniff never waits for bytes the client did not send.
-			a, b := tcpPair(t)
+			a, b := dbtest.TCPPair(t)
 			io.WriteString(a, tc.input)
 			b.SetReadDeadline(time.Now().Add(2 * time.Second))
 			got, err := sniff(bufio.NewReaderSize(b, sniffBufferSize), tc.redisInline)
@@ -563,27 +544,6 @@ func TestSniff(t *testing.T) {
 			}
 		})
 	}
-}
-
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ch := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		ch <- c
-	}()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := <-ch
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
 }
 
 func TestMaxConnections(t *testing.T) {

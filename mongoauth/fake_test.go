@@ -255,14 +255,14 @@ type handshakeResult struct {
 func runFakeHandshake(t *testing.T, server *fakeServer, creds credsource.Credentials, request []byte, timeout time.Duration,
 	redial func(context.Context) (net.Conn, credsource.Credentials, error)) handshakeResult {
 	t.Helper()
-	clientSide, agentSide := tcpPair(t)
+	clientSide, agentSide := dbtest.TCPPair(t)
 	upstream, err := net.Dial("tcp", server.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { upstream.Close() })
 
-	var logs lockedBuffer
+	var logs dbtest.LogBuffer
 	opts := Options{
 		Route:     "fake-route",
 		TLSConfig: server.certs.ClientTLS("127.0.0.1"),
@@ -291,45 +291,6 @@ func runFakeHandshake(t *testing.T, server *fakeServer, creds credsource.Credent
 	}
 	result.log = logs.String()
 	return result
-}
-
-func tcpPair(t *testing.T) (client, server net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err = ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		client.Close()
-		server.Close()
-	})
-	return client, server
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 var appCreds = credsource.Credentials{Username: "app", Password: "secret", AuthSource: "appdb"}
@@ -590,7 +551,7 @@ func TestHandshakeFirstCommandNotHello(t *testing.T) {
 }
 
 func TestGuardAnswersSASLAfterHello(t *testing.T) {
-	clientSide, agentSide := tcpPair(t)
+	clientSide, agentSide := dbtest.TCPPair(t)
 	guard := newClientGuard(agentSide, "guard-route")
 	ping := buildMsg(3, 0, bsoncore.NewDocumentBuilder().AppendInt32("ping", 1).AppendString("$db", "admin").Build(), nil)
 	saslStart := buildMsg(2, 0, saslStartCommand(mechanismSHA256, "n,,n=app,r=abc", "$db", "admin"), nil)
@@ -634,7 +595,7 @@ func TestRejectReplies(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			clientSide, agentSide := tcpPair(t)
+			clientSide, agentSide := dbtest.TCPPair(t)
 			clientSide.Write(tt.request)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()

@@ -29,7 +29,7 @@ import (
 type testProxy struct {
 	addr    string
 	results chan error // one Handshake result per accepted client
-	logs    lockedBuffer
+	logs    dbtest.LogBuffer
 }
 
 func startProxy(t *testing.T, db *dbtest.FerretDB, creds credsource.Credentials) *testProxy {

@@ -30,29 +30,11 @@ func TestMain(m *testing.M) {
 // canaryPassword is a stored password that must never show up in an error or a log line.
 const canaryPassword = "canary-pw-7f3Kq9"
 
-// syncBuffer is a log destination that tests can read while sessions write to it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // testProxy accepts loopback connections and runs Handshake and a splice for each, as the
 // agent core does.
 type testProxy struct {
 	Port int
-	Logs *syncBuffer
+	Logs *dbtest.LogBuffer
 
 	mu   sync.Mutex
 	errs []error
@@ -73,7 +55,7 @@ func startProxy(t testing.TB, cfg proxyConfig) *testProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &testProxy{Port: ln.Addr().(*net.TCPAddr).Port, Logs: &syncBuffer{}}
+	p := &testProxy{Port: ln.Addr().(*net.TCPAddr).Port, Logs: &dbtest.LogBuffer{}}
 	logger := slog.New(slog.NewTextHandler(p.Logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 10 * time.Second

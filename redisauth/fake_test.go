@@ -59,23 +59,7 @@ func fakeUpstream(t *testing.T, useTLS bool, script func(c net.Conn)) (addr stri
 // loopbackPair returns both ends of a loopback TCP connection.
 func loopbackPair(t *testing.T) (near, far net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	far, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	near, err = ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		near.Close()
-		far.Close()
-	})
+	far, near = dbtest.TCPPair(t)
 	return near, far
 }
 
@@ -181,7 +165,7 @@ func TestRedirectReplyIsLoggedOnce(t *testing.T) {
 	defer upstream.Close()
 	client, _ := loopbackPair(t)
 
-	var logs syncBuffer
+	var logs dbtest.LogBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	conns, err := Handshake(t.Context(), client, upstream, appCreds(),
 		Options{Route: testRoute, TLSConfig: clientTLS, Logger: logger})

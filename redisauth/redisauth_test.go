@@ -2,7 +2,6 @@ package redisauth
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -31,7 +30,7 @@ import (
 type proxy struct {
 	addr   string
 	errors chan error // the Handshake error of each session, nil on success
-	logs   *syncBuffer
+	logs   *dbtest.LogBuffer
 }
 
 type proxyConfig struct {
@@ -51,7 +50,7 @@ func startProxy(t *testing.T, cfg proxyConfig) *proxy {
 	if cfg.timeout == 0 {
 		cfg.timeout = 5 * time.Second
 	}
-	p := &proxy{addr: ln.Addr().String(), errors: make(chan error, 100), logs: &syncBuffer{}}
+	p := &proxy{addr: ln.Addr().String(), errors: make(chan error, 100), logs: &dbtest.LogBuffer{}}
 	logger := slog.New(slog.NewTextHandler(p.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
 	var wg sync.WaitGroup
@@ -115,23 +114,6 @@ func (p *proxy) handshakeError(t *testing.T) error {
 		t.Fatal("no handshake finished within 10s")
 		return nil
 	}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func appCreds() credsource.Credentials {

@@ -24,28 +24,10 @@ import (
 // line and no error.
 const canary = "Canary-pw-5f0c2e9d"
 
-// syncBuffer collects the agent's log while it runs.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // agent is a running agent.
 type agent struct {
 	port    int
-	logs    *syncBuffer
+	logs    *dbtest.LogBuffer
 	cancel  context.CancelFunc
 	done    chan error
 	secrets string
@@ -56,7 +38,7 @@ type agent struct {
 func startAgent(t *testing.T, pg *dbtest.Postgres, password, routeExtra string) *agent {
 	t.Helper()
 	dir := t.TempDir()
-	a := &agent{port: dbtest.FreePort(t), logs: &syncBuffer{}, done: make(chan error, 1),
+	a := &agent{port: dbtest.FreePort(t), logs: &dbtest.LogBuffer{}, done: make(chan error, 1),
 		secrets: filepath.Join(dir, "secrets.yaml")}
 	a.writeSecrets(t, password)
 	config := fmt.Sprintf(`credentials:
@@ -111,7 +93,7 @@ routes:
 
 // waitLog waits until the log contains want, and fails the test with the log if it does
 // not within timeout.
-func waitLog(t *testing.T, logs *syncBuffer, want string, timeout time.Duration) {
+func waitLog(t *testing.T, logs *dbtest.LogBuffer, want string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !strings.Contains(logs.String(), want) {

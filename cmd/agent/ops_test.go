@@ -27,7 +27,7 @@ import (
 func runConfig(t *testing.T, config, secrets string) (*agent, string) {
 	t.Helper()
 	dir := t.TempDir()
-	a := &agent{logs: &syncBuffer{}, done: make(chan error, 1), secrets: filepath.Join(dir, "secrets.yaml")}
+	a := &agent{logs: &dbtest.LogBuffer{}, done: make(chan error, 1), secrets: filepath.Join(dir, "secrets.yaml")}
 	if secrets != "" {
 		writeFileAtomic(t, a.secrets, secrets)
 	}

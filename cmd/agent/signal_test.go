@@ -30,7 +30,7 @@ func buildAgent(t *testing.T) string {
 // agentProcess is the built agent running as a child process.
 type agentProcess struct {
 	cmd    *exec.Cmd
-	logs   *syncBuffer
+	logs   *dbtest.LogBuffer
 	exited chan error // receives the result of cmd.Wait once
 }
 
@@ -41,7 +41,7 @@ func startAgentProcess(t *testing.T, bin, config string) (*agentProcess, string)
 	writeFileAtomic(t, filepath.Join(dir, "secrets.yaml"), fmt.Sprintf("secrets:\n  sec_orders: {username: app, password: %q}\n", canary))
 	path := filepath.Join(dir, "agent.yaml")
 	writeFileAtomic(t, path, config)
-	logs := &syncBuffer{}
+	logs := &dbtest.LogBuffer{}
 	cmd := exec.Command(bin, "-config", path)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {

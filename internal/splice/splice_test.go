@@ -8,35 +8,15 @@ import (
 	"net"
 	"testing"
 	"time"
-)
 
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	dialed, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := <-accepted
-	t.Cleanup(func() { dialed.Close(); srv.Close() })
-	return dialed, srv
-}
+	"github.com/knoxcall/dbproxy/internal/dbtest"
+)
 
 // TestRunCopiesBothWaysWithHalfClose sends a large payload from the client side, closes its
 // writing half, and checks that the reply written afterwards still arrives.
 func TestRunCopiesBothWaysWithHalfClose(t *testing.T) {
-	client, proxyClient := tcpPair(t)
-	proxyServer, server := tcpPair(t)
+	client, proxyClient := dbtest.TCPPair(t)
+	proxyServer, server := dbtest.TCPPair(t)
 
 	type result struct {
 		aToB, bToA int64
@@ -95,8 +75,8 @@ func TestRunCopiesBothWaysWithHalfClose(t *testing.T) {
 
 // TestRunClosesBothOnError checks that a reset on one side ends the whole splice.
 func TestRunClosesBothOnError(t *testing.T) {
-	client, proxyClient := tcpPair(t)
-	proxyServer, server := tcpPair(t)
+	client, proxyClient := dbtest.TCPPair(t)
+	proxyServer, server := dbtest.TCPPair(t)
 	done := make(chan error, 1)
 	go func() {
 		_, _, err := Run(proxyClient, proxyServer)
@@ -149,8 +129,8 @@ func BenchmarkRun(b *testing.B) {
 // TestResetAfterCleanEndIsNotAnError covers a server that closes abruptly right after the
 // client ended its stream, as a database does on the client's quit message.
 func TestResetAfterCleanEndIsNotAnError(t *testing.T) {
-	client, proxyClient := tcpPair(t)
-	proxyServer, server := tcpPair(t)
+	client, proxyClient := dbtest.TCPPair(t)
+	proxyServer, server := dbtest.TCPPair(t)
 	done := make(chan error, 1)
 	go func() {
 		_, _, err := Run(proxyClient, proxyServer)
