@@ -99,3 +99,30 @@ func redacted(set bool) string {
 	}
 	return "[empty]"
 }
+
+// Format methods for the sources that hold credentials in memory, so that printing a source
+// with fmt (%v, %+v, %#v) shows its kind and size, never the credentials inside.
+
+// Format prints the number of secrets, never their values.
+func (s *Static) Format(f fmt.State, verb rune) {
+	s.mu.RLock()
+	n := len(s.secrets)
+	s.mu.RUnlock()
+	fmt.Fprintf(f, "credsource.Static{%d secrets}", n)
+}
+
+// Format prints the wrapped source and the number of cached entries, never their values.
+func (c *Cache) Format(f fmt.State, verb rune) {
+	c.mu.Lock()
+	n := len(c.entries)
+	c.mu.Unlock()
+	fmt.Fprintf(f, "credsource.Cache{source: %v, %d entries}", c.Source, n)
+}
+
+// Format prints the file's path and the number of secrets read, never their values.
+func (f *File) Format(state fmt.State, verb rune) {
+	f.mu.Lock()
+	n := len(f.secrets)
+	f.mu.Unlock()
+	fmt.Fprintf(state, "credsource.File{path: %q, %d secrets}", f.Path, n)
+}

@@ -7,8 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func canaryCredentials(t *testing.T) Credentials {
@@ -116,6 +119,30 @@ func TestSourceErrorsRedacted(t *testing.T) {
 	for _, err := range errs {
 		for _, verb := range []string{"%v", "%+v", "%#v", "%s"} {
 			assertRedacted(t, "error", fmt.Sprintf(verb, err))
+		}
+	}
+}
+
+func TestSourcesDoNotPrintSecrets(t *testing.T) {
+	const canary = "Canary-source-pw-31a"
+	static := NewStatic(map[string]Credentials{"x": {Username: "u", Password: canary}})
+	cache := NewCache(static, time.Minute)
+	if _, err := cache.Fetch(context.Background(), "x"); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "s.yaml")
+	if err := os.WriteFile(path, []byte("secrets:\n  x: {username: u, password: "+canary+"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := NewFile(path)
+	if _, err := file.Fetch(context.Background(), "x"); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []any{static, cache, file} {
+		for _, format := range []string{"%v", "%+v", "%#v", "%s"} {
+			if out := fmt.Sprintf(format, v); strings.Contains(out, canary) {
+				t.Errorf("Sprintf(%q, %T) shows the password: %s", format, v, out)
+			}
 		}
 	}
 }
