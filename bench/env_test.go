@@ -190,6 +190,7 @@ func startAgent(t *testing.T, e *env) *agentProcess {
 	}
 	a.cmd = exec.Command(a.bin, "-config", a.config, "-log-level", "info")
 	a.cmd.Stdout, a.cmd.Stderr = logFile, logFile
+	a.cmd.Env = append(os.Environ(), strings.Fields(*agentEnv)...)
 	if err := a.cmd.Start(); err != nil {
 		t.Fatalf("start agent: %v", err)
 	}

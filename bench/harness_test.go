@@ -17,6 +17,7 @@ var (
 	modeFlag   = flag.String("bench.mode", os.Getenv("DBPROXY_BENCH"), "harness run: smoke (a few seconds per step) or full; empty skips TestHarness")
 	outFlag    = flag.String("bench.out", "", "file for the Markdown results; empty means results/full.md for a full run and a file in the temp dir for a smoke run")
 	roundsFlag = flag.Int("bench.rounds", 0, "rounds of each interleaved comparison; zero means the mode's default")
+	agentEnv   = flag.String("bench.agent-env", "", "space-separated NAME=VALUE pairs added to the agent's environment, such as GOMAXPROCS=1")
 	onlyFlag   = flag.String("bench.only", "", "comma-separated steps to run (pgbench, connect, copy, redis, mysql, memory, profile); empty runs all but profile")
 )
 
@@ -79,8 +80,9 @@ func TestHarness(t *testing.T) {
 		cfg.rounds = *roundsFlag
 	}
 	cfg.fileLimit = raiseFileLimit(t, 1<<18)
-	// The agent holds two descriptors per session; keep a few hundred for everything else.
-	if limit := int(cfg.fileLimit/2) - 200; cfg.memRedis > limit {
+	// The agent holds two descriptors per session, and Redis takes redisDefaultMaxClients
+	// clients unless its own file limit allows more. Keep a few hundred for everything else.
+	if limit := min(int(cfg.fileLimit/2), redisDefaultMaxClients) - redisSpareClients; cfg.memRedis > limit {
 		t.Logf("memory step: %d Redis sessions instead of %d, to stay under RLIMIT_NOFILE %d", limit, cfg.memRedis, cfg.fileLimit)
 		cfg.memRedis = limit
 	}

@@ -134,16 +134,17 @@ func runProfile(t *testing.T, e *env, rep *report) {
 			return err
 		}},
 		{"cpu-redis-get", func() error {
-			_, err := redisBenchmark("-h", "127.0.0.1", "-p", strconv.Itoa(redisPort), "-t", "get", "-c", "50",
+			_, _, err := redisBenchmark("-h", "127.0.0.1", "-p", strconv.Itoa(redisPort), "-t", "get", "-c", "50",
 				"-n", strconv.Itoa(cfg.redisRequests), "--csv")
 			return err
 		}},
 		{"cpu-redis-get-P16", func() error {
-			_, err := redisBenchmark("-h", "127.0.0.1", "-p", strconv.Itoa(redisPort), "-t", "get", "-c", "50",
+			_, _, err := redisBenchmark("-h", "127.0.0.1", "-p", strconv.Itoa(redisPort), "-t", "get", "-c", "50",
 				"-n", strconv.Itoa(10*cfg.redisRequests), "-P", "16", "--csv")
 			return err
 		}},
 		{"cpu-copy-in", func() error { return copyIn(e, agentConn, cfg.copyBytes/4) }},
+		{"cpu-copy-out", func() error { return copyOut(agentConn) }},
 	}
 	for _, w := range workloads {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -250,6 +251,18 @@ func copyIn(e *env, connstr string, n int64) error {
 		return err
 	}
 	_, err = conn.CopyFrom(ctx, &rowReader{limit: n}, "COPY copybench FROM STDIN")
+	return err
+}
+
+// copyOut copies the rows of copybench out through connstr.
+func copyOut(connstr string) error {
+	ctx := context.Background()
+	conn, err := pgconn.Connect(ctx, connstr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.CopyTo(ctx, io.Discard, "COPY copybench TO STDOUT")
 	return err
 }
 

@@ -28,6 +28,9 @@ func (r *report) header(e *env) {
 	r.line("- command: `bench/run.sh %s` (rounds: %d)", r.cfg.mode, r.cfg.rounds)
 	r.line("- date: %s", time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	r.line("- Go: %s; agent built with `go build` (no race detector)", runtime.Version())
+	if *agentEnv != "" {
+		r.line("- agent environment: `%s`", *agentEnv)
+	}
 	r.line("- machine: %s", machine())
 	r.line("- servers: %s", strings.Join(e.versions(), "; "))
 	r.line("- load average at start (1, 5, 15 min): %s", loadAverage())
