@@ -16,8 +16,8 @@
 //     Handshake(ctx, clientConn, upstreamConn, creds, opts).
 //   - peercred: who is on the other end of a local socket (SO_PEERCRED for Unix sockets,
 //     sock_diag netlink for TCP loopback).
-//   - credsource: the Source interface, the static, file and environment sources, and a
-//     cache with a TTL and single-flight fetches.
+//   - credsource: the Source interface, the static, secrets file, environment, exec and
+//     HTTP sources, and a cache with a TTL and single-flight fetches.
 //
 // The command cmd/agent runs routes from a YAML or JSON file.
 //

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"time"
@@ -147,6 +148,22 @@ func (r *Route) Validate() error {
 	}
 	if addr, err := netip.ParseAddr(r.ListenAddress); err == nil && !addr.Unmap().IsLoopback() {
 		return fmt.Errorf("route %q: listen_address: %s: %w", r.Name, r.ListenAddress, ErrNotLoopback)
+	}
+	return nil
+}
+
+// CheckFiles checks what the route reads from the file system when it starts: the CA file
+// must hold PEM certificates and the Unix socket's directory must exist. Serve makes the
+// same checks; CheckFiles lets a caller report them before anything is bound.
+func (r *Route) CheckFiles() error {
+	if _, err := r.upstreamTLSConfig(); err != nil {
+		return err
+	}
+	if r.UnixSocket != "" {
+		dir := filepath.Dir(r.UnixSocket)
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			return fmt.Errorf("route %q: unix_socket: directory %s does not exist; create it first", r.Name, dir)
+		}
 	}
 	return nil
 }

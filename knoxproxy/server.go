@@ -22,7 +22,7 @@ import (
 
 // ErrShutdownTimeout is returned by Serve when sessions were still open after the shutdown
 // timeout and had to be closed.
-var ErrShutdownTimeout = errors.New("sessions still open at the shutdown timeout were closed")
+var ErrShutdownTimeout = errors.New("shutdown timeout reached")
 
 // Config is what Serve needs.
 type Config struct {
@@ -318,7 +318,7 @@ func (s *Server) drain() error {
 	s.mu.Unlock()
 	s.log.Warn("shutdown timeout reached: closing open sessions", "sessions", n, "timeout", s.cfg.ShutdownTimeout)
 	<-done
-	return fmt.Errorf("%w (%d sessions)", ErrShutdownTimeout, n)
+	return fmt.Errorf("%w: closed %d open sessions", ErrShutdownTimeout, n)
 }
 
 func (s *Server) openSessions() int {

@@ -121,10 +121,15 @@ func (sess *session) run(ctx context.Context) {
 			if peerErr == nil {
 				peer.PID = rejectedPeerPID(sess.srv.cfg.PeerChecker, sess.conn, peer)
 			}
-			sess.log.Warn("peer rejected before reading",
-				"reason", reason, "peer_uid", uidAttr(peer.UID), "peer_pid", peer.PID,
-				"remote", sess.conn.RemoteAddr().String(), "err", peerErr,
-				"suppressed_since_last", suppressed)
+			attrs := []any{"reason", reason, "peer_uid", uidAttr(peer.UID), "peer_pid", peer.PID,
+				"remote", sess.conn.RemoteAddr().String()}
+			if peerErr != nil {
+				attrs = append(attrs, "err", peerErr)
+			}
+			if suppressed > 0 {
+				attrs = append(attrs, "suppressed_since_last", suppressed)
+			}
+			sess.log.Warn("peer rejected before reading", attrs...)
 		}
 		sess.srv.cfg.Observer.PeerRejected(r.Name, reason)
 		sess.closeLine(outcomePeerRejected, 0, 0, nil)

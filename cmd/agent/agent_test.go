@@ -315,6 +315,10 @@ func TestConfigErrors(t *testing.T) {
 		{"bad duration", route("    dial_timeout: ten\n"), `invalid duration "ten"`},
 		{"no source", "routes: []\n", "credentials.source: missing"},
 		{"missing secrets file", strings.Replace(route(""), "secrets.yaml", "nope.yaml", 1), "nope.yaml"},
+		{"empty file", "", "the file is empty"},
+		{"typo names the section", route("    upstream_prot: 5\n"), "field upstream_prot not found in a route"},
+		{"missing ca file", route("    tls: {ca_file: nope.pem}\n"), `route "orders": tls.ca_file`},
+		{"missing socket directory", route("    unix_socket: /nonexistent-dir/s.sock\n"), "directory /nonexistent-dir does not exist"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(dir, "agent.yaml")

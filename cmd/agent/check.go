@@ -7,7 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,26 +49,29 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "path of the configuration file (YAML or JSON); required")
 	timeout := fs.Duration("timeout", defaultCheckTimeout, "time limit for the check of one route, such as 30s")
-	logLevel := fs.String("log-level", "error", "minimum level of the agent's log lines on stderr: debug, info, warn or error")
+	logLevel := fs.String("log-level", "none", "minimum level of the agent's log lines on stderr: debug, info, warn, error or none")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return usagef("%v", err)
 	}
 	if *configPath == "" {
-		return fmt.Errorf("%w: -config is required", errUsage)
+		return usagef("-config is required")
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+		return usagef("unexpected argument %q", fs.Arg(0))
 	}
-	logger, err := newLogger(stderr, *logLevel, "text")
-	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+	logger := slog.New(slog.DiscardHandler)
+	if *logLevel != "none" {
+		var err error
+		if logger, err = newLogger(stderr, *logLevel, "text"); err != nil {
+			return usagef("%v", err)
+		}
 	}
 	cfg, err := loadConfig(*configPath)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return usagef("%v", err)
 	}
 
 	routes, err := checkRoutes(cfg.routes)
@@ -79,7 +84,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Logger:      logger,
 	})
 	if err != nil {
-		return fmt.Errorf("%w: config: %v", errUsage, err)
+		return usagef("config: %v", err)
 	}
 	serveCtx, stop := context.WithCancel(ctx)
 	served := make(chan error, 1)
@@ -235,5 +240,12 @@ func printCheckTable(w io.Writer, results []checkResult) int {
 }
 
 func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
+	s = strings.Join(strings.Fields(s), " ")
+	// pgx puts the check's own user name and the temporary listener's address before the
+	// server's message, which only the message explains.
+	return pgxConnectPrefix.ReplaceAllString(s, "")
 }
+
+// pgxConnectPrefix matches pgx's "failed to connect to `user=... database=...`: 127.0.0.1:5432
+// (127.0.0.1): " prefix.
+var pgxConnectPrefix = regexp.MustCompile("^failed to connect to `[^`]*`: \\S+ \\([^)]*\\): ")

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -98,13 +100,24 @@ func (d *duration) UnmarshalYAML(n *yaml.Node) error {
 type fileMode os.FileMode
 
 func (m *fileMode) UnmarshalYAML(n *yaml.Node) error {
-	var v uint32
-	if _, err := fmt.Sscanf(n.Value, "%o", &v); err != nil || v&^0o777 != 0 {
+	digits := strings.TrimPrefix(strings.TrimPrefix(n.Value, "0o"), "0O")
+	v, err := strconv.ParseUint(digits, 8, 32)
+	if err != nil || v&^0o777 != 0 {
 		return fmt.Errorf("line %d: invalid file mode %q (use octal, such as 0600)", n.Line, n.Value)
 	}
 	*m = fileMode(v)
 	return nil
 }
+
+// yamlSections turns the Go type names in the YAML decoder's errors into the names of the
+// configuration's sections.
+var yamlSections = strings.NewReplacer(
+	"in type main.fileConfig", "at the top level",
+	"in type main.routeConfig", "in a route",
+	"in type main.tlsConfig", "in a route's tls section",
+	"in type main.credentialsConfig", "in the credentials section",
+	"main.", "",
+)
 
 // agentConfig is a loaded and checked configuration.
 type agentConfig struct {
@@ -130,7 +143,10 @@ func loadConfig(path string) (*agentConfig, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&fc); err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("config %s: the file is empty", path)
+		}
+		return nil, fmt.Errorf("config %s: %s", path, yamlSections.Replace(err.Error()))
 	}
 	base := filepath.Dir(path)
 	resolve := func(p string) string {
@@ -195,6 +211,9 @@ func loadConfig(path string) (*agentConfig, error) {
 			r.UnixSocketMode = os.FileMode(*rc.UnixSocketMode)
 		}
 		if err := r.Validate(); err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		if err := r.CheckFiles(); err != nil {
 			return nil, fmt.Errorf("config: %w", err)
 		}
 		cfg.routes = append(cfg.routes, r)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,6 +18,40 @@ const sourceNames = "file, env, exec or http"
 // newSource builds the credential source of the credentials section. Paths in cc are
 // already resolved. Warnings are problems that do not stop the agent.
 func newSource(cc credentialsConfig) (credsource.Source, []string, error) {
+	src, warnings, err := newSourceOf(cc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return src, append(warnings, ignoredKeys(cc)...), nil
+}
+
+// ignoredKeys warns about keys of the credentials section that the chosen source does not
+// read, such as a command left behind after switching from source: exec to file.
+func ignoredKeys(cc credentialsConfig) []string {
+	keys := []struct {
+		name    string
+		set     bool
+		sources string
+	}{
+		{"path", cc.Path != "", "file"},
+		{"env_prefix", cc.EnvPrefix != "", "env"},
+		{"command", len(cc.Command) > 0, "exec"},
+		{"timeout", cc.Timeout != 0, "exec http"},
+		{"base_url", cc.BaseURL != "", "http"},
+		{"token_file", cc.TokenFile != "", "http"},
+		{"token_env", cc.TokenEnv != "", "http"},
+		{"ca_file", cc.CAFile != "", "http"},
+	}
+	var warnings []string
+	for _, k := range keys {
+		if k.set && !slices.Contains(strings.Fields(k.sources), cc.Source) {
+			warnings = append(warnings, fmt.Sprintf("credentials.%s is ignored with source: %s", k.name, cc.Source))
+		}
+	}
+	return warnings
+}
+
+func newSourceOf(cc credentialsConfig) (credsource.Source, []string, error) {
 	switch cc.Source {
 	case "file":
 		if cc.Path == "" {

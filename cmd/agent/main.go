@@ -37,8 +37,27 @@ const (
 )
 
 // errUsage marks errors in the command line or the configuration: the agent exits with
-// exitUsage before binding anything.
-var errUsage = errors.New("usage")
+// exitUsage before binding anything. Test with errors.Is; its text is not shown.
+var errUsage = errors.New("invalid command line or configuration")
+
+// usageError is an error that matches errUsage and reads as the error it wraps.
+type usageError struct{ err error }
+
+func (e usageError) Error() string        { return e.err.Error() }
+func (e usageError) Unwrap() error        { return e.err }
+func (e usageError) Is(target error) bool { return target == errUsage }
+
+// loggedError is an error that run has already written to the log, so main only sets the
+// exit code.
+type loggedError struct{ err error }
+
+func (e loggedError) Error() string { return e.err.Error() }
+func (e loggedError) Unwrap() error { return e.err }
+
+// usagef returns a usage error formatted like fmt.Errorf.
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -52,6 +71,8 @@ func main() {
 	case errors.Is(err, errUsage):
 		fmt.Fprintln(os.Stderr, "agent:", err)
 		os.Exit(exitUsage)
+	case errors.As(err, new(loggedError)):
+		os.Exit(exitFailed)
 	default:
 		fmt.Fprintln(os.Stderr, "agent:", err)
 		os.Exit(exitFailed)
@@ -69,29 +90,41 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	logLevel := fs.String("log-level", "info", "minimum level of log lines: debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "log line format: text or json")
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "usage: agent -config FILE [flags]\n"+
+			"       agent check -config FILE [-timeout 30s]   log in to every route's upstream once\n\nflags:\n")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return usagef("%v", err)
 	}
 	if *showVersion {
 		fmt.Fprintln(stdout, "dbproxy agent", version())
 		return nil
 	}
 	if *configPath == "" {
-		return fmt.Errorf("%w: -config is required", errUsage)
+		return usagef("-config is required")
 	}
 	logger, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return usagef("%v", err)
 	}
 
 	cfg, err := loadConfig(*configPath)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return usagef("%v", err)
 	}
-	return serve(ctx, *configPath, cfg, logger)
+	if err := serve(ctx, *configPath, cfg, logger); err != nil {
+		if errors.Is(err, errUsage) {
+			return err
+		}
+		logger.Error("agent stopped with an error", "err", err)
+		return loggedError{err}
+	}
+	return nil
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {

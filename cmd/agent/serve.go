@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
+	"sync"
 	"syscall"
 	"time"
 
@@ -45,7 +46,7 @@ func serve(ctx context.Context, path string, cfg *agentConfig, log *slog.Logger)
 		ShutdownTimeout: cfg.shutdownTimeout,
 	})
 	if err != nil {
-		return fmt.Errorf("%w: config: %v", errUsage, err)
+		return usagef("config: %v", err)
 	}
 	d.srv = srv
 	d.ready = &readiness{srv: srv}
@@ -72,6 +73,7 @@ func serve(ctx context.Context, path string, cfg *agentConfig, log *slog.Logger)
 	defer stopAdmin()
 
 	log.Info("agent starting", "version", version(), "config", path, "routes", len(cfg.routes))
+	d.prefetch(ctx, cfg.routes)
 	// The server's context outlives ctx by shutdown_delay.
 	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopServing()
@@ -210,4 +212,30 @@ func (d *daemon) reload(trigger string) {
 	d.cfg = cfg
 	d.ready.setRoutes(cfg.routes)
 	log.Info("configuration reloaded", "routes", len(cfg.routes), "credentials_changed", credsChanged)
+}
+
+// prefetchTimeout bounds the fetch of all routes' secrets at start.
+const prefetchTimeout = 10 * time.Second
+
+// prefetch fetches every route's secrets once before the listeners open, in parallel and
+// for at most prefetchTimeout. It fills the cache and turns a missing secret into a warning
+// at start rather than an error on the first connection.
+func (d *daemon) prefetch(ctx context.Context, routes []knoxproxy.Route) {
+	ctx, cancel := context.WithTimeout(ctx, prefetchTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, r := range routes {
+		for _, id := range []string{r.SecretID, r.TLS.ClientCertSecretID} {
+			if id == "" {
+				continue
+			}
+			wg.Go(func() {
+				if _, err := d.creds.Fetch(ctx, id); err != nil {
+					d.log.Warn("secret not available at start; sessions of this route fail until it is",
+						"route", r.Name, "secret_id", id, "err", err)
+				}
+			})
+		}
+	}
+	wg.Wait()
 }
