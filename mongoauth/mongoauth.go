@@ -14,11 +14,21 @@ import (
 	"github.com/knoxcall/dbproxy/internal/handshake"
 )
 
-// Options configure one Handshake: the route name, the upstream TLS configuration, a logger
-// and an optional Redial for one retry after rejected credentials.
+// Options configure one Handshake. The type is shared by the protocol packages, so go doc
+// does not list its fields here:
+//
+//	Route     string        // route name shown in errors sent to the client and in log lines
+//	TLSConfig *tls.Config   // upstream TLS configuration; required: the upstream is never plaintext
+//	Logger    *slog.Logger  // protocol steps at Debug level; nil means no logging
+//	Redial    func(ctx context.Context) (net.Conn, credsource.Credentials, error)
+//
+// Redial, if not nil, is called once after the upstream rejected the credentials. It returns
+// a new dialed (not yet TLS) upstream connection and freshly fetched credentials, or an
+// error wrapping ErrCredentialsUnchanged, and Handshake then reports the first rejection.
 type Options = handshake.Options
 
-// Conns are the connections that a finished Handshake hands to the splice.
+// Conns are the connections that a finished Handshake hands to the splice: Client and
+// Upstream, both net.Conn. Each returns the bytes read ahead during the login first.
 type Conns = handshake.Conns
 
 // Errors that Handshake wraps, for errors.Is.

@@ -16,17 +16,36 @@ import (
 	"github.com/knoxcall/dbproxy/internal/handshake"
 )
 
-// Options configure one Handshake; see handshake.Options.
+// Options configure one Handshake. The type is shared by the protocol packages, so go doc
+// does not list its fields here:
+//
+//	Route     string        // route name shown in errors sent to the client and in log lines
+//	TLSConfig *tls.Config   // upstream TLS configuration; required: the upstream is never plaintext
+//	Logger    *slog.Logger  // protocol steps at Debug level; nil means no logging
+//	Redial    func(ctx context.Context) (net.Conn, credsource.Credentials, error)
+//
+// Redial, if not nil, is called once after the upstream rejected the credentials. It returns
+// a new dialed (not yet TLS) upstream connection and freshly fetched credentials, or an
+// error wrapping ErrCredentialsUnchanged, and Handshake then reports the first rejection.
 type Options = handshake.Options
 
-// Conns are the connections a finished Handshake hands to the splice.
+// Conns are the connections that a finished Handshake hands to the splice: Client and
+// Upstream, both net.Conn. Each returns the bytes read ahead during the login first.
 type Conns = handshake.Conns
 
 // Errors that Handshake wraps, re-exported from the shared handshake package.
 var (
-	ErrAuthFailed           = handshake.ErrAuthFailed
-	ErrClientProtocol       = handshake.ErrClientProtocol
-	ErrUpstreamProtocol     = handshake.ErrUpstreamProtocol
+	// ErrAuthFailed: the upstream rejected the stored credentials; the client was sent the
+	// server's own error.
+	ErrAuthFailed = handshake.ErrAuthFailed
+	// ErrClientProtocol: the client sent something the protocol does not allow here; it
+	// was sent an error.
+	ErrClientProtocol = handshake.ErrClientProtocol
+	// ErrUpstreamProtocol: the upstream broke the protocol, declined TLS or asked for an
+	// unsupported authentication method.
+	ErrUpstreamProtocol = handshake.ErrUpstreamProtocol
+	// ErrCredentialsUnchanged: what Options.Redial returns (wrapped) when the re-fetched
+	// credentials are the rejected ones.
 	ErrCredentialsUnchanged = handshake.ErrCredentialsUnchanged
 )
 
@@ -84,8 +103,13 @@ func Reject(ctx context.Context, client net.Conn, route string, cause error) err
 // agentErrPacket encodes an ERR packet for a failure of the agent itself.
 func agentErrPacket(route string, cause error) []byte {
 	code, state := uint16(codeHandshakeError), stateCommunication
-	if errors.Is(cause, credsource.ErrNotFound) {
+	switch {
+	case errors.Is(cause, credsource.ErrNotFound):
 		code, state = codeAccessDenied, stateAccessDenied
+	case errors.Is(cause, handshake.ErrTooManyConnections):
+		// The server's own error for its max_connections, so pools back off as they would.
+		code = mysql.ER_CON_COUNT_ERROR // 1040, SQLSTATE 08004
+		state = "08004"
 	}
 	msg := fmt.Sprintf("dbproxy route %q: %v", route, cause)
 	return errPacket(code, state, msg, true)

@@ -16,19 +16,40 @@ import (
 	"github.com/knoxcall/dbproxy/internal/splice"
 )
 
-// Options configure one Handshake.
+// Options configure one Handshake. The type is shared by the protocol packages, so go doc
+// does not list its fields here:
+//
+//	Route     string        // route name shown in errors sent to the client and in log lines
+//	TLSConfig *tls.Config   // upstream TLS configuration; required: the upstream is never plaintext
+//	Logger    *slog.Logger  // protocol steps at Debug level; nil means no logging
+//	Redial    func(ctx context.Context) (net.Conn, credsource.Credentials, error)
+//
+// Redial, if not nil, is called once after the upstream rejected the credentials. It returns
+// a new dialed (not yet TLS) upstream connection and freshly fetched credentials, or an
+// error wrapping ErrCredentialsUnchanged, and Handshake then reports the first rejection.
 type Options = handshake.Options
 
-// Conns are the connections that a finished Handshake hands to the splice.
+// Conns are the connections that a finished Handshake hands to the splice: Client and
+// Upstream, both net.Conn. Each returns the bytes read ahead during the login first.
 type Conns = handshake.Conns
 
 // Errors that Handshake wraps, for errors.Is.
 var (
-	ErrAuthFailed           = handshake.ErrAuthFailed
-	ErrClientProtocol       = handshake.ErrClientProtocol
-	ErrUpstreamProtocol     = handshake.ErrUpstreamProtocol
-	ErrCancelRequest        = handshake.ErrCancelRequest
-	ErrTooManyConnections   = handshake.ErrTooManyConnections
+	// ErrAuthFailed: the upstream rejected the stored credentials; the client was sent the
+	// server's own error.
+	ErrAuthFailed = handshake.ErrAuthFailed
+	// ErrClientProtocol: the client sent something the protocol does not allow here; it
+	// was sent an error.
+	ErrClientProtocol = handshake.ErrClientProtocol
+	// ErrUpstreamProtocol: the upstream broke the protocol, declined TLS or asked for an
+	// unsupported authentication method.
+	ErrUpstreamProtocol = handshake.ErrUpstreamProtocol
+	// ErrCancelRequest: the connection carried a CancelRequest, which was forwarded.
+	ErrCancelRequest = handshake.ErrCancelRequest
+	// ErrTooManyConnections: the cause that Reject answers with SQLSTATE 53300.
+	ErrTooManyConnections = handshake.ErrTooManyConnections
+	// ErrCredentialsUnchanged: what Options.Redial returns (wrapped) when the re-fetched
+	// credentials are the rejected ones.
 	ErrCredentialsUnchanged = handshake.ErrCredentialsUnchanged
 )
 
