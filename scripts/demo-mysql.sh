@@ -28,6 +28,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+echo "== building the agent"
+go build -o "$base/agent" ./cmd/agent
+# The servers run as their own users, who may not be able to enter this checkout.
+cd "$base"
+
 echo "== making a CA and a server certificate for 127.0.0.1"
 certs=$base/certs
 make_certs "$certs"
@@ -78,7 +83,6 @@ YAML
 sed 's/^/    /' "$base/agent.yaml"
 
 echo "== starting the agent"
-go build -o "$base/agent" ./cmd/agent
 start_agent "$base"
 
 echo "== querying through the agent: mariadb -h 127.0.0.1 -P $port appdb (no password)"
@@ -86,5 +90,7 @@ mariadb --no-defaults -h 127.0.0.1 -P "$port" --skip-ssl appdb -e \
 	"SELECT current_user() AS user, @@version AS server;
 	 SHOW SESSION STATUS LIKE 'Ssl_version';"
 
+# The agent writes the session's close line a moment after the client exits.
+for _ in $(seq 1 20); do grep -q 'msg="session closed"' "$base/agent.log" && break; sleep 0.1; done
 show_agent_log "$base" "$password"
 echo "== done; tearing down"

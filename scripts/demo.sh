@@ -27,6 +27,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+echo "== building the agent"
+go build -o "$base/agent" ./cmd/agent
+# The servers run as their own users, who may not be able to enter this checkout.
+cd "$base"
+
 echo "== making a CA and a server certificate for 127.0.0.1"
 certs=$base/certs
 make_certs "$certs"
@@ -81,7 +86,6 @@ YAML
 sed 's/^/    /' "$base/agent.yaml"
 
 echo "== starting the agent"
-go build -o "$base/agent" ./cmd/agent
 start_agent "$base"
 port=$(sed -n 's/.*msg="route listening".*listen=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$base/agent.log" | head -1)
 echo "   agent listening on 127.0.0.1:$port"
@@ -91,5 +95,7 @@ env -u PGPASSWORD -u PGUSER psql "host=127.0.0.1 port=$port dbname=appdb" -X -c 
 	"SELECT current_user, s.ssl AS upstream_tls, s.version AS tls_version, left(version(), 32) AS server
 	   FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()"
 
+# The agent writes the session's close line a moment after the client exits.
+for _ in $(seq 1 20); do grep -q 'msg="session closed"' "$base/agent.log" && break; sleep 0.1; done
 show_agent_log "$base" "$password"
 echo "== done; tearing down"
