@@ -40,8 +40,8 @@ func mysqlLoop(ctx context.Context, cfg *mysql.Config, d time.Duration) (float64
 			defer wg.Done()
 			for time.Now().Before(deadline) {
 				t0 := time.Now()
-				var one int
-				err := db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+				var result int
+				err := db.QueryRowContext(ctx, "SELECT 1").Scan(&result)
 				elapsed := time.Since(t0)
 				mu.Lock()
 				if err != nil {

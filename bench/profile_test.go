@@ -32,6 +32,7 @@ func inProcessAgent(t *testing.T, e *env) (pgPort, redisPort int) {
 	}
 	t.Cleanup(func() { logFile.Close() })
 	pgPort, redisPort = dbtest.FreePort(t), dbtest.FreePort(t)
+
 	routes := []knoxproxy.Route{
 		{Name: "pg", Protocol: "postgres", LocalPort: pgPort, UpstreamHost: "127.0.0.1", UpstreamPort: e.pg.Port,
 			SecretID: "sec_pg", TLS: knoxproxy.TLS{CAFile: e.pg.Certs.CAFile}},
@@ -51,6 +52,7 @@ func inProcessAgent(t *testing.T, e *env) (pgPort, redisPort int) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
