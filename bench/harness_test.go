@@ -18,7 +18,7 @@ var (
 	outFlag    = flag.String("bench.out", "", "file for the Markdown results; empty means results/full.md for a full run and a file in the temp dir for a smoke run")
 	roundsFlag = flag.Int("bench.rounds", 0, "rounds of each interleaved comparison; zero means the mode's default")
 	agentEnv   = flag.String("bench.agent-env", "", "space-separated NAME=VALUE pairs added to the agent's environment, such as GOMAXPROCS=1")
-	onlyFlag   = flag.String("bench.only", "", "comma-separated steps to run (pgbench, connect, copy, redis, mysql, memory, profile); empty runs all but profile")
+	onlyFlag   = flag.String("bench.only", "", "comma-separated steps to run (pgbench, connect, copy, redis, mysql, memory, profile); empty runs all")
 )
 
 // settings are the sizes of one harness run.
@@ -56,7 +56,7 @@ func settingsFor(mode string) (settings, error) {
 
 func (s settings) wants(step string) bool {
 	if *onlyFlag == "" {
-		return step != "profile"
+		return true
 	}
 	for _, name := range strings.Split(*onlyFlag, ",") {
 		if strings.TrimSpace(name) == step {
