@@ -23,19 +23,20 @@ var (
 
 // settings are the sizes of one harness run.
 type settings struct {
-	mode           string
-	rounds         int
-	pgbenchTime    time.Duration
-	pgbenchScale   int
-	connectDials   int // connects per concurrency level and round
-	copyBytes      int64
-	redisRequests  int // per test without pipelining; 10 times as many with -P 16
-	mysqlTime      time.Duration
-	memPostgres    int // idle PostgreSQL sessions in the memory step
-	memRedis       int // idle Redis sessions in the memory step
-	profileTime    time.Duration
-	maxConnections int // PostgreSQL max_connections
-	fileLimit      uint64
+	mode            string
+	rounds          int
+	pgbenchTime     time.Duration
+	pgbenchScale    int
+	connectDials    int // connects per concurrency level and round
+	copyBytes       int64
+	redisRequests   int // per test without pipelining; 10 times as many with -P 16
+	mysqlTime       time.Duration
+	memPostgres     int // idle PostgreSQL sessions in the memory step
+	memRedis        int // idle Redis sessions in the memory step
+	profileTime     time.Duration
+	profileSessions int // idle sessions per protocol in the profile step's heap profile
+	maxConnections  int // PostgreSQL max_connections
+	fileLimit       uint64
 }
 
 func settingsFor(mode string) (settings, error) {
@@ -43,13 +44,13 @@ func settingsFor(mode string) (settings, error) {
 	case "smoke":
 		return settings{mode: mode, rounds: 1, pgbenchTime: 2 * time.Second, pgbenchScale: 1,
 			connectDials: 100, copyBytes: 16 << 20, redisRequests: 5000, mysqlTime: 2 * time.Second,
-			memPostgres: 50, memRedis: 200, profileTime: 3 * time.Second, maxConnections: 300}, nil
+			memPostgres: 50, memRedis: 200, profileTime: 3 * time.Second, profileSessions: 50, maxConnections: 300}, nil
 	case "full":
 		// 2,000 PostgreSQL backends take about 4 GiB here; 10,000 would not fit with the
 		// other work on a 24 GiB machine, so the 10,000-session figure comes from Redis.
 		return settings{mode: mode, rounds: 3, pgbenchTime: 20 * time.Second, pgbenchScale: 10,
 			connectDials: 600, copyBytes: 1 << 30, redisRequests: 200000, mysqlTime: 10 * time.Second,
-			memPostgres: 2000, memRedis: 10000, profileTime: 15 * time.Second, maxConnections: 2200}, nil
+			memPostgres: 2000, memRedis: 10000, profileTime: 15 * time.Second, profileSessions: 500, maxConnections: 2200}, nil
 	}
 	return settings{}, fmt.Errorf("-bench.mode %q: want smoke or full", mode)
 }

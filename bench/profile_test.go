@@ -194,30 +194,27 @@ func runProfile(t *testing.T, e *env, rep *report) {
 	profileIdleSessions(t, e, rep, dir, "redis", func() (io.Closer, error) { return openRedisSession(redisAddr) })
 }
 
-// idleProfileSessions is the number of idle sessions whose live heap the profile step
-// attributes.
-const idleProfileSessions = 500
-
-// profileIdleSessions opens idleProfileSessions sessions to the in-process agent, and
-// reports the goroutines and live heap per session with the heap profile's top entries.
+// profileIdleSessions opens the settings' profileSessions sessions to the in-process agent,
+// and reports the goroutines and live heap per session with the heap profile's top entries.
 func profileIdleSessions(t *testing.T, e *env, rep *report, dir, protocol string, open func() (io.Closer, error)) {
 	t.Helper()
+	sessions := e.cfg.profileSessions
 	runtime.MemProfileRate = 512
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
 	goroutines := runtime.NumGoroutine()
 
-	closers, err := openParallel(idleProfileSessions, open)
+	closers, err := openParallel(sessions, open)
 	defer closeAll(closers)
 	if err != nil {
-		t.Fatalf("%s: opened %d of %d sessions: %v", protocol, len(closers), idleProfileSessions, err)
+		t.Fatalf("%s: opened %d of %d sessions: %v", protocol, len(closers), sessions, err)
 	}
 	time.Sleep(time.Second)
 	runtime.GC()
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)
-	perSession := func(a, b uint64) float64 { return (float64(a) - float64(b)) / idleProfileSessions / 1024 }
+	perSession := func(a, b uint64) float64 { return (float64(a) - float64(b)) / float64(sessions) / 1024 }
 
 	path := filepath.Join(dir, "heap-idle-"+protocol+".pprof")
 	f, err := os.Create(path)
@@ -229,10 +226,10 @@ func profileIdleSessions(t *testing.T, e *env, rep *report, dir, protocol string
 	}
 	f.Close()
 
-	rep.line("### Idle %s sessions in-process (%d sessions; the client ends live in the same process)", protocol, idleProfileSessions)
+	rep.line("### Idle %s sessions in-process (%d sessions; the client ends live in the same process)", protocol, sessions)
 	rep.line("")
 	rep.line("Per session: %.1f goroutines, %.1f KiB of live heap, %.1f KiB of goroutine stacks.",
-		float64(runtime.NumGoroutine()-goroutines)/idleProfileSessions,
+		float64(runtime.NumGoroutine()-goroutines)/float64(sessions),
 		perSession(after.HeapInuse, before.HeapInuse), perSession(after.StackInuse, before.StackInuse))
 	rep.line("")
 	rep.line("```")
