@@ -5,7 +5,7 @@
 # `apt-get install pgbouncer` provide them.
 #
 # usage: bench/run.sh [smoke|full] [extra go test flags, e.g. -bench.only=pgbench,copy]
-#   smoke  a few seconds per step (about 90 seconds in all), to keep the harness working
+#   smoke  a few seconds per step (about a minute in all), to keep the harness working
 #   full   the figures of BENCHMARKS.md (about 16 minutes on 2 cores), into bench/results/full.md
 #          (a relative -bench.out path is taken from bench/)
 set -euo pipefail
