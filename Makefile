@@ -11,7 +11,7 @@ FUZZTIME  ?= 10s
 export DBPROXY_FERRETDB := $(FERRETDB)
 export DBPROXY_MONGOSH  := $(MONGOSH)
 
-.PHONY: all build demo demo-mysql test deps unit examples fuzz vet clean
+.PHONY: all build demo demo-mysql test deps unit examples fuzz vet bench bench-smoke clean
 
 all: build
 
@@ -27,8 +27,8 @@ demo-mysql:
 	scripts/demo-mysql.sh
 
 ## test: install the servers, then run vet, every test with the race detector, the example
-## modules' tests and short fuzz runs.
-test: deps vet unit examples fuzz
+## modules' tests, short fuzz runs and a short run of the benchmark harness.
+test: deps vet unit examples fuzz bench-smoke
 
 deps:
 	scripts/install-test-deps.sh
@@ -48,6 +48,15 @@ examples:
 
 fuzz:
 	scripts/fuzz.sh $(FUZZTIME)
+
+## bench: compare the agent with direct connections and PgBouncer (about 16 min on 2 cores);
+## writes bench/results/full.md.
+bench: deps
+	bench/run.sh full
+
+## bench-smoke: a short harness run (about 1 min), so the harness keeps working.
+bench-smoke:
+	bench/run.sh smoke
 
 clean:
 	rm -rf bin

@@ -2,11 +2,11 @@
 # Installs the database servers and clients the tests and the demo use, from Debian's
 # packages, skipping what is already there. Run as root.
 #
-# usage: scripts/install-test-deps.sh [postgres] [mariadb] [redis]   (no argument: all three)
+# usage: scripts/install-test-deps.sh [postgres] [mariadb] [redis] [pgbouncer]   (no argument: all)
 set -euo pipefail
 
 want=("$@")
-[ ${#want[@]} -eq 0 ] && want=(postgres mariadb redis)
+[ ${#want[@]} -eq 0 ] && want=(postgres mariadb redis pgbouncer)
 
 packages=()
 for w in "${want[@]}"; do
@@ -14,6 +14,7 @@ for w in "${want[@]}"; do
 	postgres) ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v psql >/dev/null || packages+=(postgresql) ;;
 	mariadb) command -v mariadbd >/dev/null || packages+=(mariadb-server) ;;
 	redis) command -v redis-server >/dev/null || packages+=(redis-server) ;;
+	pgbouncer) command -v pgbouncer >/dev/null || packages+=(pgbouncer) ;;
 	*) echo "install-test-deps: unknown component $w" >&2; exit 2 ;;
 	esac
 done

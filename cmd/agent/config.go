@@ -28,8 +28,11 @@ type fileConfig struct {
 	AdminAddress string `yaml:"admin_address"`
 	// ConfigCheckInterval is how often the agent checks the configuration file for changes;
 	// zero means defaultConfigCheckInterval.
-	ConfigCheckInterval duration      `yaml:"config_check_interval"`
-	Routes              []routeConfig `yaml:"routes"`
+	ConfigCheckInterval duration `yaml:"config_check_interval"`
+	// ResolvePeerPID makes the session log show the PID of TCP peers too, at a cost per
+	// connection that grows with the number of sockets the client holds.
+	ResolvePeerPID bool          `yaml:"resolve_peer_pid"`
+	Routes         []routeConfig `yaml:"routes"`
 }
 
 // credentialsConfig is the credentials section. Reload compares it as a whole, so it
@@ -130,6 +133,7 @@ type agentConfig struct {
 	shutdownDelay   time.Duration
 	adminAddress    string
 	checkInterval   time.Duration
+	resolvePeerPID  bool
 }
 
 // loadConfig reads, parses and validates the configuration file. Relative paths in it are
@@ -162,6 +166,7 @@ func loadConfig(path string) (*agentConfig, error) {
 		shutdownDelay:   time.Duration(fc.ShutdownDelay),
 		adminAddress:    fc.AdminAddress,
 		checkInterval:   time.Duration(fc.ConfigCheckInterval),
+		resolvePeerPID:  fc.ResolvePeerPID,
 	}
 	if cfg.checkInterval == 0 {
 		cfg.checkInterval = defaultConfigCheckInterval

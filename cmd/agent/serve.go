@@ -13,6 +13,7 @@ import (
 
 	"github.com/knoxcall/dbproxy/internal/metrics"
 	"github.com/knoxcall/dbproxy/knoxproxy"
+	"github.com/knoxcall/dbproxy/peercred"
 )
 
 // defaultConfigCheckInterval is how often the agent looks at the configuration file's
@@ -41,6 +42,7 @@ func serve(ctx context.Context, path string, cfg *agentConfig, log *slog.Logger)
 	srv, err := knoxproxy.New(knoxproxy.Config{
 		Routes:          cfg.routes,
 		Credentials:     d.creds,
+		PeerChecker:     &peercred.Kernel{ResolvePID: cfg.resolvePeerPID},
 		Logger:          log,
 		Observer:        obs,
 		ShutdownTimeout: cfg.shutdownTimeout,
