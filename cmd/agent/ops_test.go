@@ -549,3 +549,32 @@ func TestMutualTLSRedis(t *testing.T) {
 	}
 	waitLog(t, a.logs, "route=no_cert", 5*time.Second)
 }
+
+func TestCheckMySQLAndMongoDB(t *testing.T) {
+	m := dbtest.StartMariaDB(t, dbtest.MariaDBOptions{})
+	f := dbtest.StartFerretDB(t, dbtest.FerretDBOptions{})
+	route := func(name, protocol string, host string, port int, ca, secret string) string {
+		return fmt.Sprintf("  - {name: %s, protocol: %s, upstream_host: %s, upstream_port: %d, committed_secret_id: %s, tls: {ca_file: %s}}\n",
+			name, protocol, host, port, secret, ca)
+	}
+	config := "credentials: {source: file, path: secrets.yaml}\nroutes:\n" +
+		route("shop", "mysql", m.Host, m.Port, m.Certs.CAFile, "sec_shop") +
+		route("docs", "mongodb", f.Host, f.Port, f.Certs.CAFile, "sec_docs") +
+		route("shop_bad", "mysql", m.Host, m.Port, m.Certs.CAFile, "sec_bad")
+	secrets := "secrets:\n" +
+		"  sec_shop: {username: native, password: secret}\n" +
+		"  sec_docs: {username: app, password: secret, auth_source: appdb}\n" +
+		"  sec_bad: {username: native, password: wrong}\n"
+	err, table := checkOutput(t, config, secrets)
+	if err == nil {
+		t.Fatalf("check succeeded with a wrong password on route shop_bad:\n%s", table)
+	}
+	for _, name := range []string{"shop", "docs"} {
+		if row := checkRow(t, table, name); !regexp.MustCompile(`\sok\s+\d+ms`).MatchString(row) {
+			t.Errorf("row %q lacks ok and a latency", row)
+		}
+	}
+	if row := checkRow(t, table, "shop_bad"); !strings.Contains(row, "FAIL") || !strings.Contains(row, "1045") {
+		t.Errorf("row %q lacks FAIL and the server's error 1045", row)
+	}
+}
