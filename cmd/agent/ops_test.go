@@ -419,7 +419,7 @@ func TestCheckPassing(t *testing.T) {
 			t.Errorf("row %q lacks ok and a latency", row)
 		}
 	}
-	// Without a database name the agent asks for the database named after the user.
+	// Without a database name the agent requests the database named after the user.
 	if row := checkRow(t, table, "orders"); !strings.Contains(row, `database "app" does not exist`) {
 		t.Errorf("row %q lacks the server's note on the missing database", row)
 	}
