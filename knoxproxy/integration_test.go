@@ -120,6 +120,7 @@ func TestPeerUIDAllowlistWithRealClients(t *testing.T) {
 	cmd := psqlCommand(t, dsn, "-c", "select 1")
 	cmd.Path = dbtest.LookPath(t, "setpriv")
 	cmd.Args = append([]string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", dbtest.LookPath(t, "psql")}, cmd.Args[1:]...)
+	cmd.Dir = "/" // the test's directory may be closed to uid 65534
 	out, err := cmd.CombinedOutput()
 	if err == nil {
 		t.Fatalf("psql as uid 65534 succeeded: %s", out)
@@ -170,6 +171,7 @@ func TestUnixSocketRoute(t *testing.T) {
 	cmd := exec.Command(dbtest.LookPath(t, "setpriv"), "--reuid=65534", "--regid=65534", "--clear-groups",
 		dbtest.LookPath(t, "psql"), dsn, "-XAtqc", "select 1")
 	cmd.Env = append(os.Environ(), "PGPASSWORD=")
+	cmd.Dir = "/"
 	if out, err := cmd.CombinedOutput(); err == nil {
 		t.Fatalf("uid 65534 opened a 0600 socket: %s", out)
 	}
@@ -191,6 +193,7 @@ func TestUnixSocketUIDCheck(t *testing.T) {
 	cmd := exec.Command(dbtest.LookPath(t, "setpriv"), "--reuid=65534", "--regid=65534", "--clear-groups",
 		dbtest.LookPath(t, "psql"), fmt.Sprintf("host=%s port=5432 dbname=appdb", dir), "-XAtqc", "select 1")
 	cmd.Env = append(os.Environ(), "PGPASSWORD=")
+	cmd.Dir = "/"
 	if out, err := cmd.CombinedOutput(); err == nil {
 		t.Fatalf("uid 65534 passed the allowlist over the socket: %s", out)
 	}

@@ -91,6 +91,7 @@ func (pg *Postgres) Exec(t testing.TB, sql string) string {
 	t.Helper()
 	cmd := exec.Command("runuser", "-u", "postgres", "--", "psql", "-h", pg.Dir, "-p", strconv.Itoa(pg.Port),
 		"-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-XAtq", "-c", sql)
+	cmd.Dir = "/" // the test's directory may be closed to the postgres user
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("psql %q: %v\n%s", sql, err, out)
@@ -150,6 +151,7 @@ func alive(pid int) bool {
 func runAs(t testing.TB, user, bin string, args ...string) {
 	t.Helper()
 	cmd := exec.Command("runuser", append([]string{"-u", user, "--", bin}, args...)...)
+	cmd.Dir = "/" // the test's directory may be closed to user
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s %s: %v\n%s", bin, strings.Join(args, " "), err, out)
 	}
