@@ -1,7 +1,6 @@
 package myauth
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -120,8 +119,10 @@ func switchPlugin(p []byte, password string) (plugin string, reply []byte, err e
 	if r.err != nil {
 		return "", nil, fmt.Errorf("%w: auth switch request: %v", handshake.ErrUpstreamProtocol, r.err)
 	}
-	scramble := bytes.TrimSuffix(r.rest(), []byte{0})
-	reply, err = authResponse(plugin, scramble, password)
+	// The data is the scramble, followed by a NUL for the 20-byte scrambles only. It is not
+	// trimmed here: an ed25519 nonce is 32 random bytes and may end in a zero byte itself.
+	// authResponse takes each plugin's own length.
+	reply, err = authResponse(plugin, r.rest(), password)
 	if reply == nil && err == nil {
 		reply = []byte{} // an empty auth response is still sent as a packet
 	}
@@ -156,7 +157,7 @@ func authResponse(plugin string, scramble []byte, password string) ([]byte, erro
 	case mysql.AUTH_SHA256_PASSWORD, mysql.AUTH_CLEAR_PASSWORD:
 		return append([]byte(password), 0), nil
 	case mysql.AUTH_MARIADB_ED25519:
-		return mysql.CalcEd25519Password(scramble, password)
+		return mysql.CalcEd25519Password(first(scramble, ed25519NonceLen), password)
 	}
 	return nil, unsupportedPlugin(plugin)
 }
@@ -164,6 +165,10 @@ func authResponse(plugin string, scramble []byte, password string) ([]byte, erro
 func unsupportedPlugin(plugin string) error {
 	return fmt.Errorf("%w: %w %q", handshake.ErrUpstreamProtocol, ErrUnsupportedPlugin, plugin)
 }
+
+// ed25519NonceLen is the length of the random nonce that MariaDB's ed25519 plugin sends in
+// its AuthSwitchRequest and the client signs. Any byte of it may be zero.
+const ed25519NonceLen = 32
 
 func first(b []byte, n int) []byte {
 	if len(b) > n {
