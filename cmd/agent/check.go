@@ -166,7 +166,7 @@ func checkRoute(ctx context.Context, r knoxproxy.Route, addr string, timeout tim
 // invalidCatalogName is PostgreSQL's SQLSTATE for a database that does not exist.
 const invalidCatalogName = "3D000"
 
-// checkPostgres connects without a database name, so the agent asks for the stored user's
+// checkPostgres connects without a database name, so the agent requests the stored user's
 // database, as libpq does. The server reports a missing database only after the
 // authentication succeeded, so that counts as a pass with a note.
 func checkPostgres(ctx context.Context, addr string) (string, error) {
