@@ -15,6 +15,7 @@ import (
 	gomysql "github.com/go-sql-driver/mysql"
 
 	"github.com/knoxcall/dbproxy/credsource"
+	"github.com/knoxcall/dbproxy/internal/dbtest"
 	"github.com/knoxcall/dbproxy/internal/splice"
 )
 
@@ -39,34 +40,11 @@ type proxyConfig struct {
 
 func startProxy(t testing.TB, cfg proxyConfig) *testProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	if cfg.timeout == 0 {
 		cfg.timeout = 10 * time.Second
 	}
-	p := &testProxy{Addr: ln.Addr().String()}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				p.serve(c, cfg)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
+	p := &testProxy{}
+	p.Addr = dbtest.ServeLoopback(t, func(c net.Conn) { p.serve(c, cfg) }).String()
 	return p
 }
 

@@ -51,35 +51,12 @@ type proxyConfig struct {
 
 func startProxy(t testing.TB, cfg proxyConfig) *testProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &testProxy{Port: ln.Addr().(*net.TCPAddr).Port, Logs: &dbtest.LogBuffer{}}
+	p := &testProxy{Logs: &dbtest.LogBuffer{}}
 	logger := slog.New(slog.NewTextHandler(p.Logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 10 * time.Second
 	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			client, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				p.serve(client, cfg, logger)
-			}()
-		}
-	}()
+	p.Port = dbtest.ServeLoopback(t, func(client net.Conn) { p.serve(client, cfg, logger) }).Port
 	return p
 }
 

@@ -56,3 +56,29 @@ func TCPPair(t testing.TB) (dialed, accepted net.Conn) {
 	})
 	return dialed, accepted
 }
+
+// ServeLoopback listens on a free port of 127.0.0.1 and runs handle in its own goroutine for
+// each accepted connection. When the test ends it stops listening and waits for the handlers
+// to return. It returns the listener's address.
+func ServeLoopback(t testing.TB, handle func(net.Conn)) *net.TCPAddr {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { handle(c) })
+		}
+	})
+	return ln.Addr().(*net.TCPAddr)
+}
