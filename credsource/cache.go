@@ -22,8 +22,8 @@ const (
 //
 // Concurrent Fetch calls for an id that is not cached share one fetch from the wrapped
 // Source (single-flight), and all of them receive its result, error included. A failed fetch
-// is not cached, so the next call tries again. A fetch for one id never waits for a fetch of
-// another id.
+// is not cached, so the next call tries again. The cache never makes a fetch for one id wait
+// for a fetch of another id, though the wrapped Source may serialize its own fetches.
 //
 // The shared fetch runs with the values of the first caller's context but not its
 // cancellation, bounded by FetchTimeout, so a caller that gives up does not fail the others.

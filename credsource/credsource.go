@@ -33,8 +33,8 @@ type Source interface {
 
 // Credentials are what the agent presents to the upstream database on behalf of a client.
 //
-// The zero value has no user name and no password; protocols that allow it (Redis with only a
-// default user password, for example) treat an empty Username as "no user name".
+// The zero value has no user name and no password. Protocols that allow it (Redis with only
+// a default user password, for example) treat an empty Username as "no user name".
 type Credentials struct {
 	// Username is the database user (role) name.
 	Username string

@@ -12,18 +12,18 @@ import (
 	"github.com/knoxcall/dbproxy/redisauth"
 )
 
-// protocol is what the core needs from a protocol package.
+// protocol is the part of a protocol package that the core calls.
 type protocol struct {
 	// handshake runs the login phase (pgauth.Handshake and its siblings).
 	handshake func(ctx context.Context, client, upstream net.Conn, creds credsource.Credentials, opts handshake.Options) (handshake.Conns, error)
-	// reject tells the client, in the protocol's error format, that the session could not
-	// be set up.
+	// reject sends the client, in the protocol's error format, the reason that the session
+	// could not be set up.
 	reject func(ctx context.Context, client net.Conn, route string, cause error) error
 	// clientSpeaksFirst is true when the client sends the first bytes, so the core can
 	// inspect them before fetching credentials. MySQL's server speaks first.
 	clientSpeaksFirst bool
 	// redisInline is true when inline commands are valid first bytes (Redis), so an HTTP
-	// request line is told apart from an inline command by its shape.
+	// request line is distinguished from an inline command by its shape.
 	redisInline bool
 }
 

@@ -24,7 +24,7 @@ import (
 // timeout and had to be closed.
 var ErrShutdownTimeout = errors.New("shutdown timeout reached")
 
-// Config is what Serve needs.
+// Config is the configuration of a Server.
 type Config struct {
 	// Routes are the listeners to run. At least one is required.
 	Routes []Route

@@ -183,8 +183,8 @@ func (sess *session) run(ctx context.Context) {
 }
 
 // login runs everything between accept and the splice: the first-bytes check, the
-// credential fetch, the upstream dial and the protocol handshake. On failure it has told the
-// client why, where the protocol allows it.
+// credential fetch, the upstream dial and the protocol handshake. On failure it has sent the
+// client the reason, where the protocol allows it.
 func (sess *session) login(ctx context.Context) (handshake.Conns, string, error) {
 	r, proto := sess.rs.route, sess.rs.proto
 	client := handshake.NewBufferedConn(sess.conn, sniffBufferSize)

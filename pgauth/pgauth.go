@@ -46,7 +46,7 @@ var (
 	ErrUpstreamProtocol = handshake.ErrUpstreamProtocol
 	// ErrCancelRequest: the connection carried a CancelRequest, which was forwarded.
 	ErrCancelRequest = handshake.ErrCancelRequest
-	// ErrTooManyConnections: the cause that Reject answers with SQLSTATE 53300.
+	// ErrTooManyConnections: the cause for which Reject sends SQLSTATE 53300.
 	ErrTooManyConnections = handshake.ErrTooManyConnections
 	// ErrCredentialsUnchanged: what Options.Redial returns (wrapped) when the re-fetched
 	// credentials are the rejected ones.
@@ -126,7 +126,7 @@ func Handshake(ctx context.Context, client, upstream net.Conn, creds credsource.
 }
 
 // retryLogin runs the login once more on the connection that opts.Redial returns. When the
-// redial fails, the first rejection stands and its reply reaches the client.
+// redial fails, the first rejection is final and its reply reaches the client.
 func retryLogin(ctx context.Context, p startupPacket, opts Options, log *slog.Logger, firstErr error) (*handshake.BufferedConn, []byte, error) {
 	log.DebugContext(ctx, "upstream rejected the credentials, redialing", "error", firstErr.Error())
 	conn, creds, err := opts.Redial(ctx)

@@ -37,7 +37,7 @@ const errorWriteTimeout = time.Second
 // are read. It holds a StartupMessage of the maximum length.
 const clientReadBufferSize = 16 << 10
 
-// Reject tells a PostgreSQL client that the agent could not set up its session. It replies
+// Reject informs a PostgreSQL client that the agent could not set up its session. It replies
 // 'N' to the client's SSLRequest and GSSENCRequest packets, reads its StartupMessage and
 // sends a FATAL ErrorResponse naming route and the failure. The SQLSTATE is 08001 when the
 // upstream could not be reached, 08006 when its TLS handshake or certificate check failed,

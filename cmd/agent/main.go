@@ -8,7 +8,7 @@
 //	agent check -config agent.yaml [-timeout 30s]
 //
 // SIGINT and SIGTERM turn /readyz to 503, keep accepting for shutdown_delay, then stop
-// accepting and let open sessions finish for up to shutdown_timeout; the exit status is 0
+// accepting and let open sessions finish for up to shutdown_timeout. The exit status is 0
 // when every session ended by itself and 1 when some had to be closed. SIGHUP, or a change
 // of the configuration file, reloads the configuration.
 //

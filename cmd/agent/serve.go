@@ -148,8 +148,8 @@ func (d *daemon) watch(ctx context.Context) {
 	}
 }
 
-// configStat is what watch compares to notice a changed configuration file: an in-place
-// write changes the time or size, and an atomic rename changes the inode.
+// configStat is the file state that watch compares to detect a changed configuration file.
+// An in-place write changes the time or size, and an atomic rename changes the inode.
 type configStat struct {
 	modTime time.Time
 	size    int64

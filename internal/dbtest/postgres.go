@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// pgBinDirs are where Debian's postgresql packages put initdb and pg_ctl (not on PATH).
+// pgBinDirs are the directories of initdb and pg_ctl in Debian's postgresql packages (not on PATH).
 var pgBinDirs = []string{"/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"}
 
 // Postgres is a running PostgreSQL server that accepts only TLS with scram-sha-256 on TCP

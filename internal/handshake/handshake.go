@@ -33,7 +33,7 @@ var (
 	// forwarded upstream; there is no session to splice.
 	ErrCancelRequest = errors.New("cancel request forwarded")
 	// ErrTooManyConnections is the cause given to Reject when a route is at its connection
-	// limit. Protocols answer with their own "too many connections" error.
+	// limit. Each protocol replies with its own "too many connections" error.
 	ErrTooManyConnections = errors.New("too many connections")
 	// ErrCredentialsUnchanged is returned by an Options.Redial that re-fetched the
 	// credentials after an authentication failure and found the same values, so retrying
@@ -143,8 +143,8 @@ func ClearDeadlines(conns ...net.Conn) {
 	}
 }
 
-// ContextError returns ctx.Err() when ctx is done, since the i/o error that the context
-// watch caused says less, and err otherwise.
+// ContextError returns ctx.Err() when ctx is done, and err otherwise. The i/o timeout that
+// the context watch caused is kept in the message but is less informative than ctx.Err().
 func ContextError(ctx context.Context, err error) error {
 	if err == nil {
 		return nil

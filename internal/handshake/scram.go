@@ -14,7 +14,7 @@ import (
 const MaxSCRAMIterations = 1_000_000
 
 // CheckSCRAMIterations returns an error wrapping ErrUpstreamProtocol when the SCRAM
-// server-first-message (RFC 5802 section 7: r=...,s=...,i=...) asks for more than
+// server-first-message (RFC 5802 section 7: r=...,s=...,i=...) requests more than
 // MaxSCRAMIterations. A missing or malformed count is left to the SCRAM library to reject.
 func CheckSCRAMIterations(serverFirst string) error {
 	for attr := range strings.SplitSeq(serverFirst, ",") {

@@ -13,8 +13,8 @@ import (
 )
 
 // Buffer sizes. A direction that waits for data holds a small buffer, so an idle session
-// costs little memory; a read that fills it switches to a large buffer until reads come back
-// short again. 32 KiB holds two full TLS records (16 KiB of plaintext each, RFC 8446
+// costs little memory. A read that fills it switches to a large buffer until reads come back
+// short again. 32 KiB fits two full TLS records (16 KiB of plaintext each, RFC 8446
 // section 5.1).
 const (
 	SmallBufferSize = 2 << 10
@@ -108,7 +108,7 @@ func pump(dst, src net.Conn, counter *atomic.Int64) (int64, error) {
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {
-			// Count before writing, so that a reader of the counter who has seen the
+			// Count before writing, so that a caller that has read the
 			// peer's reply to these bytes also sees them counted.
 			if counter != nil {
 				counter.Add(int64(n))
