@@ -4,7 +4,7 @@
 # package's testdata/fuzz, where `go test` replays them.
 #
 # Go 1.26 can fail a duration-bound run with "context deadline exceeded" and no failing
-# input when the time ends while a worker is busy; a count does not have that race.
+# input when the time ends while a worker is busy. A count does not have that race.
 #
 # usage: scripts/fuzz.sh [BUDGET]
 set -euo pipefail
