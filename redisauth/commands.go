@@ -1,11 +1,11 @@
 package redisauth
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"strconv"
 )
@@ -14,7 +14,9 @@ import (
 // processMultibulkBuffer in networking.c), so the agent splits the stream into the same
 // commands as the server does.
 const (
-	// maxInlineLen is PROTO_INLINE_MAX_SIZE: the longest inline command line Redis accepts.
+	// maxInlineLen is PROTO_INLINE_MAX_SIZE (64 KiB in server.h): Redis rejects an inline
+	// command line that is longer. It bounds the inline AUTH, HELLO and RESET lines that
+	// the agent buffers to rewrite them.
 	maxInlineLen = 64 * 1024
 	// maxBulkLen is the default proto-max-bulk-len (512 MB). A server configured with a
 	// larger limit still gets bulk strings of at most this size through the agent.
@@ -24,9 +26,6 @@ const (
 	// maxHeaderLen bounds a "*N\r\n" or "$N\r\n" line: a sign, 19 digits of a 64-bit
 	// integer, the type byte and CRLF. Longer lines cannot hold a number Redis accepts.
 	maxHeaderLen = 1 + 1 + 19 + 2
-	// readBufferSize is the client read buffer per session. Inline commands longer than
-	// this pass through unchanged unless they are AUTH, HELLO or RESET (see inlineCommand).
-	readBufferSize = 16 * 1024
 )
 
 // errNeedMore makes Read return the bytes it already has instead of blocking.
@@ -47,8 +46,9 @@ const (
 // of other commands are returned unchanged and bulk payloads stream through without being
 // buffered whole.
 type commandReader struct {
-	in    *bufio.Reader
-	route string
+	in     clientInput
+	route  string
+	logger *slog.Logger
 
 	// Pre-encoded replacements, built once per session.
 	authCommand  []byte // AUTH with the stored credentials
@@ -77,7 +77,7 @@ type commandReader struct {
 }
 
 func newCommandReader(r io.Reader, route, user, password string) *commandReader {
-	cr := &commandReader{in: bufio.NewReaderSize(r, readBufferSize), route: route}
+	cr := &commandReader{in: clientInput{src: r}, route: route, logger: discardLog}
 	cr.password = password
 	if user == "" {
 		cr.authCommand = appendCommand(nil, "AUTH", password)
@@ -92,11 +92,22 @@ func newCommandReader(r io.Reader, route, user, password string) *commandReader 
 	return cr
 }
 
+// discardLog is the logger of a command reader until Handshake sets its own.
+var discardLog = slog.New(slog.DiscardHandler)
+
 // Read fills p with rewritten command bytes. It never blocks while it holds bytes for p.
+// While it waits for input with nothing buffered, it reads into p (see clientInput).
 func (r *commandReader) Read(p []byte) (int, error) {
+	n, err := r.read(p)
+	r.in.scratch = nil // keep no reference to the caller's buffer
+	return n, err
+}
+
+func (r *commandReader) read(p []byte) (int, error) {
 	n := 0
 	for n < len(p) {
 		wait := n == 0
+		r.in.scratch = p[n:]
 		var err error
 		switch {
 		case r.outPos < len(r.out):
@@ -108,15 +119,8 @@ func (r *commandReader) Read(p []byte) (int, error) {
 			}
 			continue
 		case r.raw > 0:
-			if !wait && r.in.Buffered() == 0 {
-				return n, nil
-			}
-			k := int64(len(p) - n)
-			if k > r.raw {
-				k = r.raw
-			}
 			var m int
-			m, err = r.in.Read(p[n : n+int(k)])
+			m, err = r.copyRaw(p[n:], wait)
 			n += m
 			r.raw -= int64(m)
 		case r.drop > 0:
@@ -143,32 +147,47 @@ func (r *commandReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// copyRaw copies up to r.raw input bytes into p unchanged, reading more only when wait is
+// true. Like bufio.Reader, it reads a large payload straight into p.
+func (r *commandReader) copyRaw(p []byte, wait bool) (int, error) {
+	k := int(min(int64(len(p)), r.raw))
+	if r.in.len() == 0 {
+		if !wait {
+			return 0, errNeedMore
+		}
+		if k >= inputBufferSize {
+			return r.in.read(p[:k])
+		}
+		if err := r.in.fill(inputBufferSize); err != nil {
+			return 0, err
+		}
+	}
+	m := copy(p[:k], r.in.buffered())
+	r.in.discard(m)
+	return m, nil
+}
+
 // discard drops buffered input for r.drop, reading more only when wait is true.
 func (r *commandReader) discard(wait bool) error {
-	k := int64(r.in.Buffered())
-	if k == 0 {
+	if r.in.len() == 0 {
 		if !wait {
 			return errNeedMore
 		}
-		if _, err := r.in.Peek(1); err != nil {
+		if err := r.in.fill(inputBufferSize); err != nil {
 			return err
 		}
-		k = int64(r.in.Buffered())
 	}
-	if k > r.drop {
-		k = r.drop
-	}
-	m, err := r.in.Discard(int(k))
-	r.drop -= int64(m)
-	return err
+	k := int(min(int64(r.in.len()), r.drop))
+	r.in.discard(k)
+	r.drop -= int64(k)
+	return nil
 }
 
 // peekLine returns the length of the header line at offset off of the buffered input,
 // ending after the byte that follows its '\r' as Redis's parser ends it.
 func (r *commandReader) peekLine(off int, wait bool) (int, error) {
 	for {
-		buf, _ := r.in.Peek(r.in.Buffered())
-		buf = buf[off:]
+		buf := r.in.buffered()[off:]
 		if i := bytes.IndexByte(buf, '\r'); i >= 0 && i+1 < len(buf) {
 			if i+2 > maxHeaderLen {
 				return 0, errHeaderTooLong
@@ -181,7 +200,7 @@ func (r *commandReader) peekLine(off int, wait bool) (int, error) {
 		if !wait {
 			return 0, errNeedMore
 		}
-		if _, err := r.in.Peek(off + len(buf) + 1); err != nil {
+		if err := r.in.fill(inputBufferSize); err != nil {
 			return 0, err
 		}
 	}
@@ -191,10 +210,15 @@ var errHeaderTooLong = errors.New("header line too long")
 
 // peek returns the next n buffered bytes, reading more only when wait is true.
 func (r *commandReader) peek(n int, wait bool) ([]byte, error) {
-	if r.in.Buffered() < n && !wait {
-		return nil, errNeedMore
+	for r.in.len() < n {
+		if !wait {
+			return nil, errNeedMore
+		}
+		if err := r.in.fill(inputBufferSize); err != nil {
+			return nil, err
+		}
 	}
-	return r.in.Peek(n)
+	return r.in.buffered()[:n], nil
 }
 
 // nextCommand reads the start of the next command: an array header and its first
@@ -212,7 +236,7 @@ func (r *commandReader) nextCommand(wait bool) error {
 	if err != nil {
 		return r.protocolError(err, "invalid multibulk length")
 	}
-	header, _ := r.in.Peek(headerLen)
+	header := r.in.buffered()[:headerLen]
 	count, ok := parseInteger(header[1 : headerLen-2])
 	if !ok || count > maxMultibulkLen {
 		return r.protocolError(nil, "invalid multibulk length")
@@ -228,8 +252,7 @@ func (r *commandReader) nextCommand(wait bool) error {
 	if err != nil {
 		return r.protocolError(err, "invalid bulk length")
 	}
-	nameHeader, _ := r.in.Peek(headerLen + nameHeaderLen)
-	nameHeader = nameHeader[headerLen:]
+	nameHeader := r.in.buffered()[headerLen : headerLen+nameHeaderLen]
 	size, err := bulkSize(nameHeader)
 	if err != nil {
 		return r.protocolError(nil, err.Error())
@@ -280,7 +303,7 @@ func (r *commandReader) nextArgument(wait bool) error {
 	if err != nil {
 		return r.protocolError(err, "invalid bulk length")
 	}
-	header, _ := r.in.Peek(headerLen)
+	header := r.in.buffered()[:headerLen]
 	size, err := bulkSize(header)
 	if err != nil {
 		return r.protocolError(nil, err.Error())
@@ -377,6 +400,7 @@ func (r *commandReader) protocolError(err error, reason string) error {
 		// A read error or errNeedMore: no verdict yet.
 		return err
 	}
+	r.logger.Debug("redis client protocol error, so the server will close the session", "route", r.route, "reason", reason)
 	r.out = append(r.out, rejectionCommand(r.route, "protocol error: "+reason)...)
 	r.out = append(r.out, "*1\r\n?\r\n"...) // Redis: "Protocol error: expected '$', got '?'"
 	r.argsLeft, r.raw, r.drop = 0, 0, 0

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/knoxcall/dbproxy/internal/dbtest"
 )
 
 const (
@@ -137,7 +140,8 @@ func TestCommandReaderProtocolErrors(t *testing.T) {
 		{"long header", "*1111111111111111111111111\r\n", "invalid multibulk length", ""},
 		{"bad second arg", resp("PING") + "*2\r\n$3\r\nGET\r\n:1\r\n", "expected '$'", resp("PING") + "*2\r\n$3\r\nGET\r\n"},
 		{"unbalanced quotes", "AUTH \"x\r\n", "unbalanced quotes in request", ""},
-		{"long inline auth", "AUTH " + strings.Repeat("x", readBufferSize) + "\r\n", "inline command too long", ""},
+		{"long inline auth", "AUTH " + strings.Repeat("x", maxInlineLen) + "\r\n", "too big inline request", ""},
+		{"long inline quoted", "\"SET\" " + strings.Repeat("x", maxInlineLen), "too big inline request", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -152,7 +156,7 @@ func TestCommandReaderProtocolErrors(t *testing.T) {
 }
 
 func TestCommandReaderLongInline(t *testing.T) {
-	long := "SET k " + strings.Repeat("v", 3*readBufferSize) + "\r\n"
+	long := "SET k " + strings.Repeat("v", 3*inputBufferSize) + "\r\n"
 	input := long + "AUTH x\r\n"
 	got := rewrite(t, []byte(input), testUser, 4096, 1000)
 	want := long + resp("AUTH", testUser, testPassword)
@@ -167,10 +171,38 @@ func TestCommandReaderLongInline(t *testing.T) {
 		t.Errorf("inline line over the limit: got %d bytes, want the first %d", len(got), len(want))
 	}
 
+	// An inline AUTH up to Redis's limit is rewritten, even when it outgrows the pooled
+	// buffer: the line ends at index maxInlineLen.
+	longAuth := "AUTH " + strings.Repeat("x", maxInlineLen-6) + "\r\n"
+	got = rewrite(t, []byte(longAuth+"PING\r\n"), testUser, 4096, 1000)
+	if want := resp("AUTH", testUser, testPassword) + "PING\r\n"; string(got) != want {
+		t.Errorf("inline AUTH of %d bytes: got %.80q, want %q", len(longAuth), got, want)
+	}
+
 	// A NUL byte hides the line end from Redis, which then reads on to its limit.
 	withNull := "SET k v\x00\r\nAUTH x\r\n"
 	if got := rewrite(t, []byte(withNull), testUser, 3, 1000); string(got) != withNull {
 		t.Errorf("inline line with NUL: got %q, want %q unchanged", got, withNull)
+	}
+}
+
+func TestCommandReaderLogsProtocolError(t *testing.T) {
+	var logs dbtest.LogBuffer
+	input := "AUTH " + strings.Repeat("x", maxInlineLen) + "\r\n"
+	cr := newCommandReader(&chunkReader{data: []byte(input), size: 4096}, testRoute, testUser, testPassword)
+	cr.logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if _, err := io.ReadAll(cr); err != nil {
+		t.Fatalf("ReadAll: %v", err)
+	}
+	got := logs.String()
+	if strings.Count(got, "\n") != 1 || !strings.Contains(got, "reason=\"too big inline request\"") {
+		t.Errorf("log after an inline command over the limit: got %q, want one line with the reason", got)
+	}
+	if !strings.Contains(got, "route="+testRoute) {
+		t.Errorf("log line %q does not name the route", got)
+	}
+	if strings.Contains(got, "xxxx") {
+		t.Errorf("log line %q contains client input", got)
 	}
 }
 

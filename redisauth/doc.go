@@ -35,7 +35,8 @@
 //
 // The rewrite happens in place, so pipelined commands keep their order and each gets
 // exactly one reply. Other commands are not buffered: bulk payloads stream through, and
-// the common path allocates nothing.
+// the common path allocates nothing. A session that waits for its next command holds no
+// input buffer.
 //
 // # Limits
 //
@@ -44,7 +45,8 @@
 // allows more), arrays up to 2^31-1 elements. Input that Redis would reject with a
 // protocol error ends the session: the agent forwards a command that the server rejects
 // with the reason, then a frame that makes the server send a protocol error and close.
-// An inline AUTH, HELLO or RESET longer than 16 KiB is treated the same way.
+// An inline line whose command name is AUTH, HELLO or RESET, or is quoted, is buffered
+// whole to be parsed, the one case where the input buffer grows past 16 KiB (to 64 KiB).
 //
 // Replies pass through unchanged. Redis Cluster and Sentinel are not supported: the
 // agent logs a warning once per process when the server sends a MOVED or ASK redirect,

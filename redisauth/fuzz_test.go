@@ -9,13 +9,13 @@ import (
 
 // parseStream splits a complete command stream into commands the way Redis 7.0 does. It
 // returns false for streams it does not model: protocol errors, a command cut off at the
-// end, inline lines with NUL bytes or longer than the reader's buffer.
+// end, inline lines with NUL bytes or longer than maxInlineLen.
 func parseStream(b []byte) ([][]string, bool) {
 	var commands [][]string
 	for len(b) > 0 {
 		if b[0] != '*' {
 			end := bytes.IndexByte(b, '\n')
-			if end < 0 || end >= readBufferSize || bytes.IndexByte(b[:end], 0) >= 0 {
+			if end < 0 || end > maxInlineLen || bytes.IndexByte(b[:end], 0) >= 0 {
 				return nil, false
 			}
 			line := bytes.TrimSuffix(b[:end], []byte("\r"))

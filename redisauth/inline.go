@@ -14,28 +14,29 @@ func (r *commandReader) inlineCommand(wait bool) error {
 	var buf []byte
 	end := -1
 	for {
-		buf, _ = r.in.Peek(r.in.Buffered())
-		if end = bytes.IndexByte(buf, '\n'); end >= 0 || len(buf) >= r.in.Size() {
+		buf = r.in.buffered()
+		if end = bytes.IndexByte(buf, '\n'); end >= 0 {
 			break
+		}
+
+		// Without its end, a line streams through once its command name is known and
+		// needs no rewrite. Other lines are buffered whole, up to the length Redis accepts.
+		name, quoted, complete := firstToken(buf, false)
+		if complete && !quoted && !isRewritten(name) {
+			r.inlineOpen = true
+			return nil
+		}
+		if len(buf) > maxInlineLen {
+			return r.protocolError(nil, "too big inline request")
 		}
 		if !wait {
 			return errNeedMore
 		}
-		if _, err := r.in.Peek(len(buf) + 1); err != nil {
+		if err := r.in.fill(maxInlineLen + 1); err != nil {
 			return err
 		}
 	}
 
-	if end < 0 {
-		// The line is longer than the buffer. It streams through when its command name,
-		// which must be in the buffered prefix, is not one that needs a rewrite.
-		name, quoted, complete := firstToken(buf, false)
-		if quoted || !complete || isRewritten(name) {
-			return r.protocolError(nil, "inline command too long")
-		}
-		r.inlineOpen = true
-		return nil
-	}
 	line := buf[:end]
 	if bytes.IndexByte(line, 0) >= 0 {
 		// Redis looks for '\n' with strchr, which stops at a NUL byte, so the server never
@@ -62,9 +63,7 @@ func (r *commandReader) inlineCommand(wait bool) error {
 		r.raw = int64(end + 1)
 		return nil
 	}
-	if _, err := r.in.Discard(end + 1); err != nil {
-		return err
-	}
+	r.in.discard(end + 1)
 	r.rewriteInline(args)
 	return nil
 }
@@ -110,7 +109,7 @@ func (r *commandReader) streamInline(p []byte, wait bool) (int, error) {
 	if _, err := r.peek(1, wait); err != nil {
 		return 0, err
 	}
-	buf, _ := r.in.Peek(r.in.Buffered())
+	buf := r.in.buffered()
 	if len(buf) > len(p) {
 		buf = buf[:len(p)]
 	}
@@ -130,9 +129,7 @@ func (r *commandReader) streamInline(p []byte, wait bool) (int, error) {
 		}
 	}
 	n := copy(p, buf)
-	if _, err := r.in.Discard(n); err != nil {
-		return n, err
-	}
+	r.in.discard(n)
 	r.inlineLen += int64(n)
 	switch {
 	case done:

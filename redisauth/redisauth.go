@@ -109,7 +109,9 @@ func Handshake(ctx context.Context, client, upstream net.Conn, creds credsource.
 	handshake.ClearDeadlines(client, conn)
 	log.Debug("redis upstream login succeeded", "route", opts.Route, "user", creds.Username)
 	up := &upstreamConn{BufferedConn: conn, scanner: replyScanner{route: opts.Route, logger: log}}
-	cc := &clientConn{Conn: client, commands: newCommandReader(client, opts.Route, creds.Username, creds.Password)}
+	commands := newCommandReader(client, opts.Route, creds.Username, creds.Password)
+	commands.logger = log
+	cc := &clientConn{Conn: client, commands: commands}
 	return Conns{Client: cc, Upstream: up}, nil
 }
 
