@@ -100,6 +100,9 @@ var discardLog = slog.New(slog.DiscardHandler)
 func (r *commandReader) Read(p []byte) (int, error) {
 	n, err := r.read(p)
 	r.in.scratch = nil // keep no reference to the caller's buffer
+	if r.in.len() == 0 {
+		r.in.release() // nothing to keep until the next Read
+	}
 	return n, err
 }
 
