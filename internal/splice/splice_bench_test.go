@@ -11,6 +11,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -61,7 +62,8 @@ func selfSignedTLS(b *testing.B) (server, client *tls.Config) {
 
 // BenchmarkRoundTrip sends a request through Run and waits for the echoed reply, as a
 // client does with one query at a time. With -benchmem it shows whether the splice
-// allocates per message; ns/op is the latency of one round trip through two extra hops.
+// allocates per message; ns/op is the latency of one round trip through two extra hops, and
+// cpu-µs/op the CPU time of the whole process (client, splice and echo server) per round trip.
 func BenchmarkRoundTrip(b *testing.B) {
 	for _, size := range []int{64, 1024, 16 << 10} {
 		for _, withTLS := range []bool{false, true} {
@@ -102,6 +104,7 @@ func benchRoundTrip(b *testing.B, size int, withTLS bool) {
 	reply := make([]byte, size)
 	b.SetBytes(int64(2 * size))
 	b.ReportAllocs()
+	cpuBefore := processCPU(b)
 	for b.Loop() {
 		if _, err := client.Write(request); err != nil {
 			b.Fatal(err)
@@ -111,9 +114,20 @@ func benchRoundTrip(b *testing.B, size int, withTLS bool) {
 		}
 	}
 	b.StopTimer()
+	b.ReportMetric(float64((processCPU(b)-cpuBefore).Microseconds())/float64(b.N), "cpu-µs/op")
 	client.Close()
 	server.Close()
 	<-spliced
+}
+
+// processCPU returns the user and system CPU time the process has used so far.
+func processCPU(b *testing.B) time.Duration {
+	b.Helper()
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func byteSize(n int) string {
