@@ -255,6 +255,32 @@ func TestPgxContextCancel(t *testing.T) {
 	t.Logf("query stopped %v after the query began", time.Since(start).Round(time.Millisecond))
 }
 
+// TestKeyShareLearnedFromPostgres checks that the agent learns PostgreSQL's key exchange
+// group. PostgreSQL 15 accepts only its ssl_ecdh_curve, prime256v1 by default, so the first
+// handshake, which offers Go's default shares, needs a HelloRetryRequest and later ones do not.
+func TestKeyShareLearnedFromPostgres(t *testing.T) {
+	pg := startPG(t)
+	r := serve(t, pgRoute(pg), credsource.Credentials{Username: "app", Password: canary})
+	ctx := context.Background()
+	for i := range 2 {
+		conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb sslmode=disable", r.port()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Close(ctx)
+		waitFor(t, 5*time.Second, func() bool {
+			return strings.Count(r.logs.String(), `msg="session closed"`) == i+1
+		})
+	}
+
+	lines := knoxproxy.CloseLines(r.logs.String())
+	for i, want := range []string{"tls_group=CurveP256 tls_hello_retry=true", "tls_group=CurveP256 tls_hello_retry=false"} {
+		if !strings.Contains(lines[i], want) {
+			t.Errorf("session %d close line lacks %q:\n%s", i+1, want, lines[i])
+		}
+	}
+}
+
 func TestDirectTLSClientHelloRejected(t *testing.T) {
 	pg := startPG(t)
 	r := serve(t, pgRoute(pg), credsource.Credentials{Username: "app", Password: canary})

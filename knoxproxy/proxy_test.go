@@ -91,8 +91,11 @@ var lineProtocol = protocol{
 type lineUpstream struct {
 	ln       net.Listener
 	password atomic.Value
-	conns    atomic.Int64
-	wg       sync.WaitGroup
+	// groups, when set to a non-empty []tls.CurveID, limits the key exchange groups that
+	// the server accepts.
+	groups atomic.Value
+	conns  atomic.Int64
+	wg     sync.WaitGroup
 }
 
 func startLineUpstream(t *testing.T, certs *dbtest.Certs, password string) *lineUpstream {
@@ -101,11 +104,21 @@ func startLineUpstream(t *testing.T, certs *dbtest.Certs, password string) *line
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	u := &lineUpstream{}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			groups, _ := u.groups.Load().([]tls.CurveID)
+			if len(groups) == 0 {
+				return nil, nil
+			}
+			return &tls.Config{Certificates: []tls.Certificate{cert}, CurvePreferences: groups}, nil
+		},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := &lineUpstream{ln: ln}
+	u.ln = ln
 	u.password.Store(password)
 	u.wg.Add(1)
 	go func() {

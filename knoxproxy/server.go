@@ -2,7 +2,6 @@ package knoxproxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -347,7 +346,7 @@ func (s *Server) bindRoutes(ctx context.Context, routes []Route) ([]*routeServer
 type routeServer struct {
 	route     *Route
 	proto     protocol
-	tls       *tls.Config
+	keyShares *keyShares
 	tcp       net.Listener
 	unix      net.Listener
 	accepting sync.WaitGroup
@@ -392,7 +391,7 @@ func (s *Server) bind(ctx context.Context, r *Route) (*routeServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	rs := &routeServer{route: r, proto: protocols[r.Protocol], tls: tlsConfig}
+	rs := &routeServer{route: r, proto: protocols[r.Protocol], keyShares: newKeyShares(tlsConfig)}
 	if rs.proto.handshake == nil {
 		return nil, fmt.Errorf("route %q: protocol %s is not implemented in this build", r.Name, r.Protocol)
 	}

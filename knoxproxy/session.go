@@ -57,6 +57,9 @@ type session struct {
 	start time.Time
 	log   *slog.Logger
 
+	// tlsAttrs describe the upstream TLS connection for the close line.
+	tlsAttrs []any
+
 	mu       sync.Mutex
 	upstream net.Conn
 	aborted  bool
@@ -241,12 +244,20 @@ func (sess *session) login(ctx context.Context) (handshake.Conns, string, error)
 	}
 	conns, err := proto.handshake(ctx, client, upstream, creds, opts)
 	if err != nil {
+		if sess.rs.keyShares.failed(tlsConfig) {
+			sess.log.Info("login failed with the pinned TLS key exchange groups; the next login offers every group",
+				"groups", fmt.Sprint(tlsConfig.CurvePreferences))
+		}
 		if conns.Upstream == nil {
 			conns.Upstream = upstream
 		}
 		return conns, handshakeOutcome(ctx, err), fmt.Errorf("handshake: %w", err)
 	}
 	sess.setUpstream(conns.Upstream)
+	if state, ok := upstreamTLS(conns.Upstream); ok {
+		sess.rs.keyShares.observe(tlsConfig, state)
+		sess.tlsAttrs = []any{"tls_group", state.CurveID.String(), "tls_hello_retry", state.HelloRetryRequest}
+	}
 	return conns, outcomeOK, nil
 }
 
@@ -333,8 +344,9 @@ func refetch(ctx context.Context, src credsource.Source, id string, rejected cre
 	return fresh, nil
 }
 
-// tlsConfig returns the route's upstream TLS configuration with the client certificate
-// of the route's ClientCertSecretID, or else of creds when that secret has one.
+// tlsConfig returns the route's upstream TLS configuration, with the key exchange group the
+// route has pinned, if any, and the client certificate of the route's ClientCertSecretID,
+// or else of creds when that secret has one.
 func (sess *session) tlsConfig(ctx context.Context, creds credsource.Credentials) (*tls.Config, error) {
 	r := sess.rs.route
 	certCreds := creds
@@ -349,15 +361,16 @@ func (sess *session) tlsConfig(ctx context.Context, creds credsource.Credentials
 			return nil, fmt.Errorf("client certificate %q: the secret has no certificate and private_key", id)
 		}
 	}
+	base := sess.rs.keyShares.config()
 	if len(certCreds.Certificate) == 0 || len(certCreds.PrivateKey) == 0 {
-		return sess.rs.tls, nil
+		return base, nil
 	}
 	cert, err := tls.X509KeyPair(certCreds.Certificate, certCreds.PrivateKey)
 	if err != nil {
 		// The error text of X509KeyPair does not include key material.
 		return nil, fmt.Errorf("client certificate of secret %q: %w", cmp.Or(r.TLS.ClientCertSecretID, r.SecretID), err)
 	}
-	cfg := sess.rs.tls.Clone()
+	cfg := base.Clone()
 	cfg.Certificates = []tls.Certificate{cert}
 	return cfg, nil
 }
@@ -400,6 +413,7 @@ func (sess *session) closeLine(outcome string, toUpstream, toClient int64, err e
 		"bytes_to_upstream", toUpstream,
 		"bytes_to_client", toClient,
 	}
+	attrs = append(attrs, sess.tlsAttrs...)
 	if err != nil {
 		attrs = append(attrs, "err", err)
 	}
