@@ -507,6 +507,39 @@ func TestNonLoopbackRejected(t *testing.T) {
 	}
 }
 
+func TestValidateRoutesConflicts(t *testing.T) {
+	route := func(name, addr string, port int, socket string) Route {
+		return Route{Name: name, Protocol: "redis", ListenAddress: addr, LocalPort: port, UnixSocket: socket,
+			UpstreamHost: "db", UpstreamPort: 6379, SecretID: "s"}
+	}
+	for _, tc := range []struct {
+		name   string
+		routes []Route
+		want   string // empty: no error
+	}{
+		{"distinct ports", []Route{route("a", "", 7001, ""), route("b", "", 7002, "")}, ""},
+		{"same port", []Route{route("a", "", 7001, ""), route("b", "", 7001, "")},
+			`route "b": local_port: 127.0.0.1 port 7001 is already the listener of route "a"`},
+		{"same port, default and explicit address", []Route{route("a", "127.0.0.1", 7001, ""), route("b", "", 7001, "")},
+			`route "b": local_port: 127.0.0.1 port 7001 is already the listener of route "a"`},
+		{"same port, other addresses", []Route{route("a", "127.0.0.1", 7001, ""), route("b", "::1", 7001, "")}, ""},
+		{"both pick a free port", []Route{route("a", "", 0, ""), route("b", "", 0, "")}, ""},
+		{"same socket", []Route{route("a", "", 0, "/run/db/s"), route("b", "", 0, "/run/db/./s")},
+			`route "b": unix_socket: /run/db/s is already the socket of route "a"`},
+		{"same name", []Route{route("a", "", 0, ""), route("a", "", 0, "")}, `route "a": name: used by another route`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := ValidateRoutes(tc.routes)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("ValidateRoutes = %v, want nil", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Errorf("ValidateRoutes = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
 func TestLoopbackNamesAccepted(t *testing.T) {
 	for _, addr := range []string{"", "127.0.0.1", "127.0.0.2", "localhost"} {
 		r := Route{Name: "x", ListenAddress: addr}

@@ -1,6 +1,7 @@
 package knoxproxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"sync"
@@ -73,7 +75,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Credentials == nil {
 		return nil, errors.New("no credential source configured")
 	}
-	if err := validateRoutes(cfg.Routes); err != nil {
+	if err := ValidateRoutes(cfg.Routes); err != nil {
 		return nil, err
 	}
 	if cfg.PeerChecker == nil {
@@ -103,8 +105,16 @@ func New(cfg Config) (*Server, error) {
 	}, nil
 }
 
-func validateRoutes(routes []Route) error {
+// ValidateRoutes checks each route with Validate, then that no two routes share a name, a
+// listen address and port, or a Unix socket path. New and Update make the same checks.
+func ValidateRoutes(routes []Route) error {
+	type listenKey struct {
+		addr string
+		port int
+	}
 	names := make(map[string]bool)
+	listens := make(map[listenKey]string)
+	sockets := make(map[string]string)
 	for i := range routes {
 		r := &routes[i]
 		if err := r.Validate(); err != nil {
@@ -114,6 +124,21 @@ func validateRoutes(routes []Route) error {
 			return fmt.Errorf("route %q: name: used by another route", r.Name)
 		}
 		names[r.Name] = true
+		if r.LocalPort != 0 {
+			key := listenKey{cmp.Or(r.ListenAddress, "127.0.0.1"), r.LocalPort}
+			if other, ok := listens[key]; ok {
+				return fmt.Errorf("route %q: local_port: %s port %d is already the listener of route %q; give each route its own port",
+					r.Name, key.addr, key.port, other)
+			}
+			listens[key] = r.Name
+		}
+		if r.UnixSocket != "" {
+			path := filepath.Clean(r.UnixSocket)
+			if other, ok := sockets[path]; ok {
+				return fmt.Errorf("route %q: unix_socket: %s is already the socket of route %q", r.Name, path, other)
+			}
+			sockets[path] = r.Name
+		}
 	}
 	return nil
 }
@@ -184,7 +209,7 @@ func (s *Server) Update(routes []Route) error {
 	if len(routes) == 0 {
 		return errors.New("no routes configured")
 	}
-	if err := validateRoutes(routes); err != nil {
+	if err := ValidateRoutes(routes); err != nil {
 		return err
 	}
 	s.updateMu.Lock()
