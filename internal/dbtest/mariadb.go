@@ -45,7 +45,10 @@ func StartMariaDB(t testing.TB, opts MariaDBOptions) *MariaDB {
 	dir := filepath.Join(base, "mariadb")
 	m := &MariaDB{Host: "127.0.0.1", Port: FreePort(t), Dir: dir, Certs: certs,
 		Socket: filepath.Join(dir, "mysqld.sock")}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// A temporary directory of its own: servers started at the same time by other test
+	// processes share /tmp, and a leftover temporary table file there failed an install.
+	tmp := filepath.Join(dir, "tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range []string{"server.pem", "server.key", "ca.pem"} {
@@ -55,13 +58,13 @@ func StartMariaDB(t testing.TB, opts MariaDBOptions) *MariaDB {
 
 	// --no-defaults must come first, or /etc/mysql/*.cnf adds the system socket and port 3306.
 	install := exec.Command(installDB, "--no-defaults", "--user=mysql", "--datadir="+filepath.Join(dir, "data"),
-		"--auth-root-authentication-method=socket", "--skip-test-db")
+		"--auth-root-authentication-method=socket", "--skip-test-db", "--tmpdir="+tmp)
 	if out, err := install.CombinedOutput(); err != nil {
 		t.Fatalf("mariadb-install-db: %v\n%s", err, out)
 	}
 
 	args := []string{"--no-defaults", "--user=mysql", "--datadir=" + filepath.Join(dir, "data"),
-		"--port=" + strconv.Itoa(m.Port), "--bind-address=127.0.0.1", "--socket=" + m.Socket,
+		"--port=" + strconv.Itoa(m.Port), "--bind-address=127.0.0.1", "--socket=" + m.Socket, "--tmpdir=" + tmp,
 		"--pid-file=" + filepath.Join(dir, "mysqld.pid"), "--log-error=" + filepath.Join(dir, "error.log"),
 		"--ssl-cert=" + filepath.Join(dir, "server.pem"), "--ssl-key=" + filepath.Join(dir, "server.key"),
 		"--ssl-ca=" + filepath.Join(dir, "ca.pem"), "--require-secure-transport=ON",
