@@ -75,7 +75,7 @@ func startUpstreamTLS(ctx context.Context, conn net.Conn, cfg *tls.Config) (*tls
 		if err == nil || err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		return nil, fmt.Errorf("read SSLRequest reply: %w", err)
+		return nil, fmt.Errorf("read SSLRequest reply: %w (is the upstream port a PostgreSQL server?)", err)
 	}
 	switch reply[0] {
 	case 'S':
@@ -85,7 +85,7 @@ func startUpstreamTLS(ctx context.Context, conn net.Conn, cfg *tls.Config) (*tls
 		// The ErrorResponse is plaintext and unauthenticated, so it is not shown to anyone.
 		return nil, fmt.Errorf("%w: server replied to SSLRequest with an ErrorResponse: %w", errTLSDeclined, handshake.ErrUpstreamProtocol)
 	default:
-		return nil, fmt.Errorf("%w: server replied to SSLRequest with byte 0x%02x: %w", errTLSDeclined, reply[0], handshake.ErrUpstreamProtocol)
+		return nil, fmt.Errorf("%w: server replied to SSLRequest with byte 0x%02x (is the upstream port a PostgreSQL server?): %w", errTLSDeclined, reply[0], handshake.ErrUpstreamProtocol)
 	}
 
 	// Bytes after 'S' would be read as if they came through TLS (CVE-2021-23222 in libpq).

@@ -10,9 +10,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/knoxcall/dbproxy/credsource"
@@ -134,6 +137,19 @@ func WatchContext(ctx context.Context, conns ...net.Conn) (stop func() bool) {
 	}
 }
 
+// tlsHint suggests a cause for a TLS handshake that ended without a TLS error: a server
+// that closed the connection or never answered usually does not speak TLS on that port.
+func tlsHint(ctx context.Context, err error) string {
+	switch {
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET):
+		return " (the server closed the connection: check that the upstream port has TLS enabled and speaks the route's protocol)"
+	case errors.Is(ctx.Err(), context.DeadlineExceeded),
+		ctx.Err() == nil && errors.Is(err, os.ErrDeadlineExceeded):
+		return " (the server did not answer the TLS handshake: check that the upstream port has TLS enabled)"
+	}
+	return ""
+}
+
 // ClearDeadlines removes any deadline from conns.
 func ClearDeadlines(conns ...net.Conn) {
 	for _, c := range conns {
@@ -162,7 +178,7 @@ func StartTLS(ctx context.Context, c net.Conn, cfg *tls.Config) (*tls.Conn, erro
 	}
 	tc := tls.Client(c, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("upstream tls handshake: %w", err)
+		return nil, fmt.Errorf("upstream tls handshake: %w%s", err, tlsHint(ctx, err))
 	}
 	return tc, nil
 }
