@@ -82,6 +82,11 @@ func serve(t *testing.T, route knoxproxy.Route, creds credsource.Credentials) *r
 		if strings.Contains(logs.String(), canary) {
 			t.Errorf("log contains the stored password:\n%s", logs)
 		}
+		for line := range strings.Lines(logs.String()) {
+			if strings.Count(line, " route=") > 1 {
+				t.Errorf("log line names the route twice: %s", line)
+			}
+		}
 	})
 	return &running{srv: srv, source: src, logs: logs}
 }

@@ -239,8 +239,9 @@ func (sess *session) login(ctx context.Context) (handshake.Conns, string, error)
 	opts := handshake.Options{
 		Route:     r.Name,
 		TLSConfig: tlsConfig,
-		Logger:    sess.log,
-		Redial:    sess.redialer(creds),
+		// The protocol packages add the route to their lines themselves.
+		Logger: sess.srv.log.With("session", sess.id),
+		Redial: sess.redialer(creds),
 	}
 	conns, err := proto.handshake(ctx, client, upstream, creds, opts)
 	if err != nil {
