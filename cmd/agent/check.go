@@ -73,6 +73,9 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return usagef("%v", err)
 	}
+	for _, w := range cfg.warnings {
+		logger.Warn(w)
+	}
 
 	routes, err := checkRoutes(cfg.routes)
 	if err != nil {
@@ -147,15 +150,18 @@ func checkRoute(ctx context.Context, r knoxproxy.Route, addr string, timeout tim
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
+	// Each driver also gets timeout for its own dial and I/O limits, whose defaults (5 s
+	// for go-redis, 30 s for the MongoDB driver's server selection) would otherwise end
+	// the check before -timeout does.
 	switch r.Protocol {
 	case "postgres":
-		res.detail, res.err = checkPostgres(ctx, addr)
+		res.detail, res.err = checkPostgres(ctx, addr, timeout)
 	case "mysql":
-		res.err = checkMySQL(ctx, addr)
+		res.err = checkMySQL(ctx, addr, timeout)
 	case "redis":
-		res.err = checkRedis(ctx, addr)
+		res.err = checkRedis(ctx, addr, timeout)
 	case "mongodb":
-		res.err = checkMongoDB(ctx, addr)
+		res.err = checkMongoDB(ctx, addr, timeout)
 	default:
 		res.err = fmt.Errorf("no check for protocol %q", r.Protocol)
 	}
@@ -169,13 +175,14 @@ const invalidCatalogName = "3D000"
 // checkPostgres connects without a database name, so the agent requests the stored user's
 // database, as libpq does. The server reports a missing database only after the
 // authentication succeeded, so that counts as a pass with a note.
-func checkPostgres(ctx context.Context, addr string) (string, error) {
+func checkPostgres(ctx context.Context, addr string, timeout time.Duration) (string, error) {
 	host, port, _ := net.SplitHostPort(addr)
 	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s sslmode=disable application_name=dbproxy-check", host, port))
 	if err != nil {
 		return "", err
 	}
 	cfg.User, cfg.Database, cfg.Password = "dbproxy-check", "", ""
+	cfg.ConnectTimeout = timeout
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == invalidCatalogName {
@@ -191,9 +198,10 @@ func checkPostgres(ctx context.Context, addr string) (string, error) {
 	return "user " + user, nil
 }
 
-func checkMySQL(ctx context.Context, addr string) error {
+func checkMySQL(ctx context.Context, addr string, timeout time.Duration) error {
 	cfg := mysql.NewConfig()
 	cfg.User, cfg.Net, cfg.Addr = "dbproxy-check", "tcp", addr
+	cfg.Timeout, cfg.ReadTimeout, cfg.WriteTimeout = timeout, timeout, timeout
 	connector, err := mysql.NewConnector(cfg)
 	if err != nil {
 		return err
@@ -204,16 +212,18 @@ func checkMySQL(ctx context.Context, addr string) error {
 	return db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
 }
 
-func checkRedis(ctx context.Context, addr string) error {
-	client := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DisableIdentity: true})
+func checkRedis(ctx context.Context, addr string, timeout time.Duration) error {
+	client := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DisableIdentity: true,
+		DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout, ContextTimeoutEnabled: true})
 	defer client.Close()
 	return client.Ping(ctx).Err()
 }
 
-func checkMongoDB(ctx context.Context, addr string) error {
+func checkMongoDB(ctx context.Context, addr string, timeout time.Duration) error {
 	client, err := mongo.Connect(ctx, options.Client().
 		ApplyURI("mongodb://"+addr+"/?directConnection=true").
-		SetRetryReads(false).SetRetryWrites(false))
+		SetRetryReads(false).SetRetryWrites(false).
+		SetConnectTimeout(timeout).SetServerSelectionTimeout(timeout).SetTimeout(timeout))
 	if err != nil {
 		return err
 	}
@@ -229,7 +239,7 @@ func printCheckTable(w io.Writer, results []checkResult) int {
 	for _, r := range results {
 		result, detail := "ok", r.detail
 		if r.err != nil {
-			result, detail = "FAIL", oneLine(r.err.Error())
+			result, detail = "FAIL", describeCheckError(r.err)
 			failed++
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.route, r.protocol, r.upstream, result,
@@ -237,6 +247,21 @@ func printCheckTable(w io.Writer, results []checkResult) int {
 	}
 	tw.Flush()
 	return failed
+}
+
+// agentErrorMarker is part of every error message that the agent sends to a client in the
+// protocol's error format, such as `FATAL: dbproxy route "orders": dial upstream ...`.
+const agentErrorMarker = "dbproxy route "
+
+// describeCheckError returns err on one line. An error that the agent sent is labelled as
+// the agent's, because drivers label every error they receive as the server's (pgx writes
+// "server error: FATAL: ...").
+func describeCheckError(err error) string {
+	s := oneLine(err.Error())
+	if !strings.Contains(s, agentErrorMarker) {
+		return s
+	}
+	return "agent error: " + strings.TrimPrefix(s, "server error: ")
 }
 
 func oneLine(s string) string {

@@ -9,10 +9,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -357,23 +359,11 @@ func TestReloadAddsAndRemovesRoutesUnderTraffic(t *testing.T) {
 	}
 }
 
-// checkOutput runs `agent check` on config and returns its error and stdout.
+// checkOutput runs `agent check -timeout 10s` on config and returns its error and stdout.
 func checkOutput(t *testing.T, config, secrets string) (error, string) {
 	t.Helper()
-	dir := t.TempDir()
-	if secrets != "" {
-		writeFileAtomic(t, filepath.Join(dir, "secrets.yaml"), secrets)
-	}
-	path := filepath.Join(dir, "agent.yaml")
-	writeFileAtomic(t, path, config)
-	var stdout, stderr bytes.Buffer
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	err := run(ctx, []string{"check", "-config", path, "-timeout", "10s"}, &stdout, &stderr)
-	if strings.Contains(stdout.String()+stderr.String(), canary) {
-		t.Errorf("check output contains the password")
-	}
-	return err, stdout.String()
+	err, stdout, _ := checkOutputArgs(t, config, secrets, "-timeout", "10s")
+	return err, stdout
 }
 
 // checkRow returns the table row of route, or fails the test.
@@ -576,5 +566,112 @@ func TestCheckMySQLAndMongoDB(t *testing.T) {
 	}
 	if row := checkRow(t, table, "shop_bad"); !strings.Contains(row, "FAIL") || !strings.Contains(row, "1045") {
 		t.Errorf("row %q lacks FAIL and the server's error 1045", row)
+	}
+}
+
+// checkOutputArgs runs `agent check` on config with args after -config and returns its
+// error, stdout and stderr.
+func checkOutputArgs(t *testing.T, config, secrets string, args ...string) (err error, stdout, stderr string) {
+	t.Helper()
+	dir := t.TempDir()
+	if secrets != "" {
+		writeFileAtomic(t, filepath.Join(dir, "secrets.yaml"), secrets)
+	}
+	path := filepath.Join(dir, "agent.yaml")
+	writeFileAtomic(t, path, config)
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err = run(ctx, append([]string{"check", "-config", path}, args...), &out, &errOut)
+	if strings.Contains(out.String()+errOut.String(), canary) {
+		t.Errorf("check output contains the password")
+	}
+	return err, out.String(), errOut.String()
+}
+
+// startPlaintextRedis runs redis-server without TLS or a password on a free port of
+// 127.0.0.1 until the test ends, and returns the port.
+func startPlaintextRedis(t *testing.T) int {
+	t.Helper()
+	dbtest.RequireRoot(t)
+	bin := dbtest.LookPath(t, "redis-server")
+	port := dbtest.FreePort(t)
+	cmd := exec.Command(bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(port),
+		"--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		dbtest.StopPID(cmd.Process.Pid, syscall.SIGTERM)
+		cmd.Wait()
+	})
+	for i := 0; ; i++ {
+		c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err == nil {
+			c.Close()
+			return port
+		}
+		if i > 100 {
+			t.Fatalf("plaintext redis not listening on %d after 5s: %v", port, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A plaintext Redis never completes the agent's TLS handshake, so the agent gives up after
+// the route's login_timeout (6s here) and sends an error naming the route. The check
+// must wait for it, past go-redis's own 5s dial timeout, because -timeout is 10s.
+func TestCheckRedisHonoursTimeout(t *testing.T) {
+	port := startPlaintextRedis(t)
+	rd := &dbtest.Redis{Certs: dbtest.NewCerts(t, t.TempDir())}
+	config := "credentials: {source: file, path: secrets.yaml}\nroutes:\n" +
+		redisRoute("plain", rd, port, "sec_cache") + "    login_timeout: 6s\n"
+	secrets := "secrets:\n  sec_cache: {username: u, password: p}\n"
+	err, table, _ := checkOutputArgs(t, config, secrets, "-timeout", "10s")
+	if !errors.Is(err, errCheckFailed) {
+		t.Fatalf("check = %v, want errCheckFailed:\n%s", err, table)
+	}
+	row := checkRow(t, table, "plain")
+	if !strings.Contains(row, `agent error: ERR dbproxy route "plain"`) {
+		t.Errorf("row %q lacks the agent's error naming the route", row)
+	}
+	if strings.Contains(row, "i/o timeout") {
+		t.Errorf("row %q shows the driver's timeout", row)
+	}
+}
+
+func TestCheckLabelsAgentErrors(t *testing.T) {
+	pg := startPG(t)
+	downPort := dbtest.FreePort(t)
+	config := "credentials: {source: file, path: secrets.yaml}\nroutes:\n" +
+		pgRoute("down", 0, pg, "sec_orders", "") + pgRoute("nosecret", 0, pg, "sec_missing", "")
+	config = strings.Replace(config, fmt.Sprintf("upstream_port: %d", pg.Port), fmt.Sprintf("upstream_port: %d", downPort), 1)
+	secrets := fmt.Sprintf("secrets:\n  sec_orders: {username: app, password: %q}\n", canary)
+	err, table, _ := checkOutputArgs(t, config, secrets)
+	if !errors.Is(err, errCheckFailed) {
+		t.Fatalf("check = %v, want errCheckFailed:\n%s", err, table)
+	}
+	for _, route := range []string{"down", "nosecret"} {
+		row := checkRow(t, table, route)
+		if !strings.Contains(row, "agent error: FATAL: dbproxy route") {
+			t.Errorf("row %q lacks the agent error label", row)
+		}
+		if strings.Contains(row, "server error") {
+			t.Errorf("row %q labels the agent's error as the server's", row)
+		}
+	}
+}
+
+func TestCheckLogsConfigWarnings(t *testing.T) {
+	pg := startPG(t)
+	config := "credentials: {source: env, path: secrets.yaml}\nroutes:\n" + pgRoute("orders", 0, pg, "sec_orders", "")
+	t.Setenv("DBPROXY_SECRET_SEC_ORDERS_USERNAME", "app")
+	t.Setenv("DBPROXY_SECRET_SEC_ORDERS_PASSWORD", canary)
+	err, table, stderr := checkOutputArgs(t, config, "", "-log-level", "warn")
+	if err != nil {
+		t.Fatalf("check = %v, want success:\n%s\n%s", err, table, stderr)
+	}
+	if want := "credentials.path is ignored with source: env"; !strings.Contains(stderr, want) {
+		t.Errorf("stderr lacks %q:\n%s", want, stderr)
 	}
 }
