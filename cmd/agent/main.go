@@ -6,6 +6,7 @@
 //
 //	agent -config agent.yaml [-log-level info] [-log-format text]
 //	agent check -config agent.yaml [-timeout 30s]
+//	agent help
 //
 // SIGINT and SIGTERM turn /readyz to 503, keep accepting for shutdown_delay, then stop
 // accepting and let open sessions finish for up to shutdown_timeout. The exit status is 0
@@ -84,6 +85,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "check" {
 		return runCheck(ctx, args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "help" {
+		args = []string{"-h"}
+	}
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "path of the configuration file (YAML or JSON); required")
@@ -91,9 +95,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	logFormat := fs.String("log-format", "text", "log line format: text or json")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprint(stderr, "usage: agent -config FILE [flags]\n"+
-			"       agent check -config FILE [-timeout 30s]   log in to every route's upstream once\n\nflags:\n")
+		fmt.Fprint(stderr, "usage: agent -config FILE [flags]          serve the configured routes\n"+
+			"       agent check -config FILE [-timeout 30s]   log in to every route's upstream once\n"+
+			"       agent help                                 print this message\n\nflags:\n")
 		fs.PrintDefaults()
+		fmt.Fprint(stderr, "\nRun 'agent check -h' for the flags of check.\n")
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -106,6 +112,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	if *configPath == "" {
+		fs.Usage()
 		return usagef("-config is required")
 	}
 	logger, err := newLogger(stderr, *logLevel, *logFormat)

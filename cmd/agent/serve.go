@@ -186,8 +186,8 @@ func (d *daemon) reload(trigger string) {
 	// A changed credentials section gets a new source and an empty cache before the routes
 	// change, so that new routes never fetch through the old source.
 	undo := func() {}
-	credsChanged := !reflect.DeepEqual(cfg.credentials, old.credentials)
-	if credsChanged {
+	sourceChanged := !reflect.DeepEqual(cfg.credentials, old.credentials)
+	if sourceChanged {
 		undo = d.creds.swap(cfg.source, cfg.cacheTTL)
 	}
 	if err := d.srv.Update(cfg.routes); err != nil {
@@ -213,7 +213,7 @@ func (d *daemon) reload(trigger string) {
 	cfg.adminAddress, cfg.shutdownTimeout, cfg.checkInterval = old.adminAddress, old.shutdownTimeout, old.checkInterval
 	d.cfg = cfg
 	d.ready.setRoutes(cfg.routes)
-	log.Info("configuration reloaded", "routes", len(cfg.routes), "credentials_changed", credsChanged)
+	log.Info("configuration reloaded", "routes", len(cfg.routes), "credential_source_changed", sourceChanged)
 }
 
 // prefetchTimeout bounds the fetch of all routes' secrets at start.

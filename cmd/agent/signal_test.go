@@ -176,6 +176,10 @@ func TestSIGHUPReloads(t *testing.T) {
 	if !strings.Contains(logs.String(), "trigger=SIGHUP") {
 		t.Errorf("log lacks trigger=SIGHUP:\n%s", logs)
 	}
+	// The credentials section did not change, so the reload line reports no new source.
+	if !strings.Contains(logs.String(), "credential_source_changed=false") {
+		t.Errorf("log lacks credential_source_changed=false:\n%s", logs)
+	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	if code := p.waitExit(t, 15*time.Second); code != exitOK {
 		t.Errorf("exit code = %d, want 0", code)
