@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -283,6 +285,40 @@ func TestKeyShareLearnedFromPostgres(t *testing.T) {
 		if !strings.Contains(lines[i], want) {
 			t.Errorf("session %d close line lacks %q:\n%s", i+1, want, lines[i])
 		}
+	}
+}
+
+// TestSilentClientOverLimitClosed checks that a connection over max_connections that sends
+// nothing is closed within a few seconds rather than at the end of the login timeout.
+func TestSilentClientOverLimitClosed(t *testing.T) {
+	pg := startPG(t)
+	route := pgRoute(pg)
+	route.MaxConnections = 1
+	route.LoginTimeout = time.Minute
+	r := serve(t, route, credsource.Credentials{Username: "app", Password: canary})
+	ctx := context.Background()
+	held, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb sslmode=disable", r.port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close(ctx)
+
+	silent, err := net.Dial("tcp", r.srv.Addr("it").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	silent.SetReadDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	n, err := silent.Read(make([]byte, 1))
+	if n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("silent connection: read %d bytes, %v; want the agent to close it", n, err)
+	}
+	if waited := time.Since(start); waited > 5*time.Second {
+		t.Errorf("silent connection closed after %v, want about 2s", waited)
+	}
+	if logs := r.logs.String(); strings.Count(logs, `msg="session open"`) != 1 {
+		t.Errorf("want one session open line, for the held session:\n%s", logs)
 	}
 }
 

@@ -46,6 +46,10 @@ const (
 	// unknownUID is what the session logs (as -1) when the peer could not be identified.
 	unknownUID         = ^uint32(0)
 	refusalLogInterval = time.Second
+	// overLimitTimeout bounds how long a connection over max_connections may take to send
+	// the opening message that its protocol's error reply must follow. A client on
+	// loopback sends it at once.
+	overLimitTimeout = 2 * time.Second
 )
 
 // session is one accepted client connection.
@@ -139,24 +143,29 @@ func (sess *session) run(ctx context.Context) {
 		return
 	}
 	sess.log = sess.log.With("peer_uid", uidAttr(peer.UID), "peer_pid", peer.PID)
+
+	// Beyond the route's limit, tell the client in its protocol and close. The client gets
+	// a short time to send its opening message, so that connections that send nothing
+	// cannot hold descriptors over the limit for the whole login timeout.
+	if r.MaxConnections > 0 && sess.rs.active.Load() > int64(r.MaxConnections) {
+		sess.rs.refusals.log(sess.log, outcomeTooMany, "connection limit reached",
+			"reason", outcomeTooMany, "max_connections", r.MaxConnections)
+		sess.srv.cfg.Observer.PeerRejected(r.Name, outcomeTooMany)
+		rejectCtx, cancel := context.WithTimeout(ctx, min(r.loginTimeout(), overLimitTimeout))
+		defer cancel()
+		client := handshake.NewBufferedConn(sess.conn, sniffBufferSize)
+		stop := handshake.WatchContext(rejectCtx, sess.conn)
+		sess.reject(rejectCtx, client, handshake.ErrTooManyConnections)
+		stop()
+		sess.closeLine(outcomeTooMany, 0, 0, nil)
+		return
+	}
+
 	sess.log.Info("session open", "remote", sess.conn.RemoteAddr().String(), "upstream", r.upstreamAddr())
 	sess.srv.cfg.Observer.SessionOpened(r.Name)
 
 	loginCtx, cancel := context.WithTimeout(ctx, r.loginTimeout())
 	defer cancel()
-
-	// Beyond the route's limit, tell the client in its protocol and close.
-	if r.MaxConnections > 0 && sess.rs.active.Load() > int64(r.MaxConnections) {
-		sess.rs.refusals.log(sess.log, outcomeTooMany, "connection limit reached",
-			"reason", outcomeTooMany, "max_connections", r.MaxConnections)
-		sess.srv.cfg.Observer.PeerRejected(r.Name, outcomeTooMany)
-		client := handshake.NewBufferedConn(sess.conn, sniffBufferSize)
-		stop := handshake.WatchContext(loginCtx, sess.conn)
-		sess.reject(loginCtx, client, handshake.ErrTooManyConnections)
-		stop()
-		sess.closeLine(outcomeTooMany, 0, 0, nil)
-		return
-	}
 
 	conns, outcome, err := sess.login(loginCtx)
 	sess.srv.cfg.Observer.LoginFinished(r.Name, r.Protocol, outcome, time.Since(sess.start))
@@ -419,7 +428,11 @@ func (sess *session) closeLine(outcome string, toUpstream, toClient int64, err e
 		attrs = append(attrs, "err", err)
 	}
 	switch outcome {
-	case outcomeOK, outcomeCancelRequest, outcomeShutdown, outcomePeerRejected, outcomeBadFirstBytes, outcomeTooMany:
+	case outcomePeerRejected, outcomeBadFirstBytes, outcomeTooMany:
+		// A rate-limited warning has already reported the refusal. A line per connection
+		// would let a client flood the log.
+		sess.log.Debug("session closed", attrs...)
+	case outcomeOK, outcomeCancelRequest, outcomeShutdown:
 		sess.log.Info("session closed", attrs...)
 	case outcomeClientGone, outcomeClientProtocol, outcomeLoginTimeout:
 		sess.log.Warn("session closed", attrs...)
