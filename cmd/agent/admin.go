@@ -70,7 +70,8 @@ func listenAdmin(ctx context.Context, address string) (net.Listener, error) {
 
 // readiness decides what /readyz returns.
 type readiness struct {
-	srv *knoxproxy.Server
+	srv   *knoxproxy.Server
+	creds *credentialWatcher
 	// routes are the names of the configured routes; a reload replaces them.
 	routes atomic.Pointer[[]string]
 	// stopping is set when SIGTERM arrives, before the listeners close.
@@ -78,9 +79,11 @@ type readiness struct {
 }
 
 // problems lists why the agent is not ready, or nothing when it is. The agent is ready when
-// it is not shutting down, every configured route is bound, no route's last credential
-// fetch failed (a route that has not fetched yet counts as ready), and no route is at
-// its max_connections.
+// it is not shutting down, every configured route is bound, every route's credentials can
+// be fetched, and no route is at its max_connections. A route's credentials count as
+// unavailable when the agent's own last fetch failed (at start, after a reload, or in the
+// retries every credentialRetryInterval), or when the last session's fetch failed and no
+// fetch by the agent has succeeded since. A route with no fetch yet counts as ready.
 func (r *readiness) problems() []string {
 	if r.stopping.Load() || r.srv.Draining() {
 		return []string{"shutting down"}
@@ -94,11 +97,12 @@ func (r *readiness) problems() []string {
 	names := *r.routes.Load()
 	for _, name := range names {
 		st, ok := running[name]
+		credentialProblem := r.creds.problem(name, st)
 		switch {
 		case !ok:
 			out = append(out, fmt.Sprintf("route %q: not listening", name))
-		case st.CredentialsFetched && !st.CredentialsOK:
-			out = append(out, fmt.Sprintf("route %q: last credential fetch failed", name))
+		case credentialProblem != "":
+			out = append(out, fmt.Sprintf("route %q: %s", name, credentialProblem))
 		case st.MaxConnections > 0 && st.OpenSessions >= int64(st.MaxConnections):
 			out = append(out, fmt.Sprintf("route %q: at max_connections (%d)", name, st.MaxConnections))
 		}

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
-	"sync"
 	"syscall"
 	"time"
 
@@ -27,6 +26,9 @@ type daemon struct {
 	srv   *knoxproxy.Server
 	creds *switchableSource
 	ready *readiness
+	// secrets fetches the routes' secrets at start and after a reload, and retries failed
+	// fetches in the background.
+	secrets *credentialWatcher
 
 	// cfg is the running configuration; only the reload goroutine changes it after start.
 	cfg *agentConfig
@@ -51,7 +53,15 @@ func serve(ctx context.Context, path string, cfg *agentConfig, log *slog.Logger)
 		return usagef("config: %v", err)
 	}
 	d.srv = srv
-	d.ready = &readiness{srv: srv}
+	d.secrets = &credentialWatcher{
+		log: log,
+		fetch: func(ctx context.Context, id string) error {
+			_, err := d.creds.Fetch(ctx, id)
+			return err
+		},
+		stats: srv.Stats,
+	}
+	d.ready = &readiness{srv: srv, creds: d.secrets}
 	d.ready.setRoutes(cfg.routes)
 	for _, w := range cfg.warnings {
 		log.Warn(w)
@@ -75,7 +85,10 @@ func serve(ctx context.Context, path string, cfg *agentConfig, log *slog.Logger)
 	defer stopAdmin()
 
 	log.Info("agent starting", "version", version(), "config", path, "routes", len(cfg.routes))
-	d.prefetch(ctx, cfg.routes)
+	// The first fetch of every route's secrets fills the cache before the listeners open
+	// and turns a missing secret into a warning at start.
+	d.secrets.start(ctx, cfg.routes, true)
+	defer d.secrets.stop()
 	// The server's context outlives ctx by shutdown_delay.
 	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopServing()
@@ -138,11 +151,11 @@ func (d *daemon) watch(ctx context.Context) {
 			return
 		case <-hup:
 			last = statConfig(d.path)
-			d.reload("SIGHUP")
+			d.reload(ctx, "SIGHUP")
 		case <-ticker.C:
 			if cur := statConfig(d.path); cur != last {
 				last = cur
-				d.reload("config file changed")
+				d.reload(ctx, "config file changed")
 			}
 		}
 	}
@@ -171,7 +184,7 @@ func statConfig(path string) configStat {
 
 // reload loads the configuration file again and applies it. An invalid file, or routes
 // the server cannot start, leave the running configuration in place.
-func (d *daemon) reload(trigger string) {
+func (d *daemon) reload(ctx context.Context, trigger string) {
 	log := d.log.With("trigger", trigger, "config", d.path)
 	cfg, err := loadConfig(d.path)
 	if err != nil {
@@ -213,31 +226,7 @@ func (d *daemon) reload(trigger string) {
 	cfg.adminAddress, cfg.shutdownTimeout, cfg.checkInterval = old.adminAddress, old.shutdownTimeout, old.checkInterval
 	d.cfg = cfg
 	d.ready.setRoutes(cfg.routes)
+	d.secrets.stop()
+	d.secrets.start(ctx, cfg.routes, false)
 	log.Info("configuration reloaded", "routes", len(cfg.routes), "credential_source_changed", sourceChanged)
-}
-
-// prefetchTimeout bounds the fetch of all routes' secrets at start.
-const prefetchTimeout = 10 * time.Second
-
-// prefetch fetches every route's secrets once before the listeners open, in parallel and
-// for at most prefetchTimeout. It fills the cache and turns a missing secret into a warning
-// at start rather than an error on the first connection.
-func (d *daemon) prefetch(ctx context.Context, routes []knoxproxy.Route) {
-	ctx, cancel := context.WithTimeout(ctx, prefetchTimeout)
-	defer cancel()
-	var wg sync.WaitGroup
-	for _, r := range routes {
-		for _, id := range []string{r.SecretID, r.TLS.ClientCertSecretID} {
-			if id == "" {
-				continue
-			}
-			wg.Go(func() {
-				if _, err := d.creds.Fetch(ctx, id); err != nil {
-					d.log.Warn("secret not available at start; sessions of this route fail until it is",
-						"route", r.Name, "secret_id", id, "err", err)
-				}
-			})
-		}
-	}
-	wg.Wait()
 }
