@@ -133,9 +133,12 @@ func parseSecretJSON(data []byte) (Credentials, error) {
 	}
 	p := &jsonParser{data: data, dec: json.NewDecoder(bytes.NewReader(data))}
 	p.dec.UseNumber()
-	creds, err := p.secret()
+	creds, invalid, err := p.secret()
 	if err != nil {
 		return Credentials{}, err
+	}
+	if invalid != nil {
+		return Credentials{}, invalid
 	}
 	if _, err := p.dec.Token(); err != io.EOF {
 		return Credentials{}, p.errorf("unexpected data after the secret object")

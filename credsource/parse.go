@@ -26,13 +26,78 @@ func isJSONPath(path string) bool {
 	return strings.EqualFold(filepath.Ext(path), ".json")
 }
 
-// parseSecrets parses a secrets file. Its errors give line numbers and key names but never
-// echo a value, because any value in the file may be a secret.
-func parseSecrets(data []byte, isJSON bool) (map[string]Credentials, error) {
+// secretsDocument is a parsed secrets file. A problem in one secret leaves the others usable.
+type secretsDocument struct {
+	// secrets are the valid secrets by id. The map is never nil.
+	secrets map[string]Credentials
+	// problems are the invalid secrets in file order. An id that appears more than once is
+	// a problem, and none of its entries is in secrets.
+	problems []secretProblem
+}
+
+// secretProblem is one invalid secret of a secrets file.
+type secretProblem struct {
+	// id is the secret id, or empty when the id itself is invalid.
+	id string
+	// err gives the line and the key, but neither the id nor any value, so that it can be
+	// returned to a client that fetches this id.
+	err error
+}
+
+func (p secretProblem) Error() string {
+	if p.id == "" {
+		return p.err.Error()
+	}
+	return fmt.Sprintf("secret %q: %v", p.id, p.err)
+}
+
+func (p secretProblem) Unwrap() error { return p.err }
+
+func newSecretsDocument() secretsDocument {
+	return secretsDocument{secrets: make(map[string]Credentials)}
+}
+
+// add records the outcome of parsing the entry id. seen holds the ids met so far, so that
+// a repeated id drops the earlier entry too.
+func (d *secretsDocument) add(seen map[string]bool, id string, line int, creds Credentials, err error) {
+	switch {
+	case id == "":
+		err = fmt.Errorf("line %d: a secret id must be a non-empty string", line)
+	case seen[id]:
+		delete(d.secrets, id)
+		err = fmt.Errorf("line %d: duplicate secret id", line)
+	}
+	if id != "" {
+		seen[id] = true
+	}
+	if err != nil {
+		d.problems = append(d.problems, secretProblem{id: id, err: err})
+		return
+	}
+	d.secrets[id] = creds
+}
+
+// parseSecretsDocument parses a secrets file. It returns an error when the file as a whole
+// is unusable (a syntax error, a wrong top-level structure), and reports an invalid secret
+// in the document's problems instead. No error or problem echoes a value, because any value
+// in the file may be a secret.
+func parseSecretsDocument(data []byte, isJSON bool) (secretsDocument, error) {
 	if isJSON {
 		return parseJSON(data)
 	}
 	return parseYAML(data)
+}
+
+// parseSecrets parses a secrets file and fails on its first problem, whole-file or not.
+func parseSecrets(data []byte, isJSON bool) (map[string]Credentials, error) {
+	doc, err := parseSecretsDocument(data, isJSON)
+	if err != nil {
+		return nil, err
+	}
+	if len(doc.problems) > 0 {
+		return nil, doc.problems[0]
+	}
+	return doc.secrets, nil
 }
 
 // setField stores one key of a secret, reporting an unknown key by name.
@@ -76,58 +141,64 @@ func validateSecret(creds Credentials) error {
 
 // parseYAML walks the YAML node tree instead of decoding into a struct, so that every
 // error carries a line number and none quotes a scalar value.
-func parseYAML(data []byte) (map[string]Credentials, error) {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+func parseYAML(data []byte) (secretsDocument, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
 		// yaml.v3 syntax errors read "yaml: line N: <problem>" with a fixed problem text.
-		return nil, fmt.Errorf("invalid YAML: %s", strings.TrimPrefix(err.Error(), "yaml: "))
+		return secretsDocument{}, fmt.Errorf("invalid YAML: %s", strings.TrimPrefix(err.Error(), "yaml: "))
 	}
-	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
+	secretsNode, err := findYAMLSecrets(&root)
+	if err != nil {
+		return secretsDocument{}, err
+	}
+	doc := newSecretsDocument()
+	if isYAMLNull(secretsNode) {
+		return doc, nil
+	}
+	if secretsNode.Kind != yaml.MappingNode {
+		return secretsDocument{}, fmt.Errorf("line %d: \"secrets\" must be a mapping from secret id to secret", secretsNode.Line)
+	}
+
+	seen := make(map[string]bool, len(secretsNode.Content)/2)
+	for i := 0; i+1 < len(secretsNode.Content); i += 2 {
+		idNode, entry := secretsNode.Content[i], resolveAlias(secretsNode.Content[i+1])
+		id := idNode.Value
+		if idNode.Kind != yaml.ScalarNode {
+			id = ""
+		}
+		creds, err := parseYAMLSecret(entry)
+		doc.add(seen, id, idNode.Line, creds, err)
+	}
+	return doc, nil
+}
+
+// findYAMLSecrets returns the value of the top-level key "secrets" of a parsed document.
+func findYAMLSecrets(root *yaml.Node) (*yaml.Node, error) {
+	if root.Kind != yaml.DocumentNode || len(root.Content) == 0 {
 		return nil, errors.New("file is empty: expected a top-level key \"secrets\"")
 	}
-	root := resolveAlias(doc.Content[0])
-	if root.Kind != yaml.MappingNode {
-		return nil, fmt.Errorf("line %d: the top level must be a mapping with the key \"secrets\"", root.Line)
+	top := resolveAlias(root.Content[0])
+	if top.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("line %d: the top level must be a mapping with the key \"secrets\"", top.Line)
 	}
 
 	var secretsNode *yaml.Node
-	for i := 0; i+1 < len(root.Content); i += 2 {
-		key := root.Content[i]
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		key := top.Content[i]
 		if key.Value != "secrets" {
-			return nil, fmt.Errorf("line %d: unknown top-level key %q (expected \"secrets\")", key.Line, key.Value)
+			// The key is not quoted: it may be a secret id indented wrongly, and this error
+			// can reach a client that fetches another id.
+			return nil, fmt.Errorf("line %d: unknown top-level key (the only one allowed is \"secrets\")", key.Line)
 		}
 		if secretsNode != nil {
 			return nil, fmt.Errorf("line %d: duplicate key \"secrets\"", key.Line)
 		}
-		secretsNode = resolveAlias(root.Content[i+1])
+		secretsNode = resolveAlias(top.Content[i+1])
 	}
 	if secretsNode == nil {
 		return nil, errors.New("missing top-level key \"secrets\"")
 	}
-	if isYAMLNull(secretsNode) {
-		return map[string]Credentials{}, nil
-	}
-	if secretsNode.Kind != yaml.MappingNode {
-		return nil, fmt.Errorf("line %d: \"secrets\" must be a mapping from secret id to secret", secretsNode.Line)
-	}
-
-	secrets := make(map[string]Credentials, len(secretsNode.Content)/2)
-	for i := 0; i+1 < len(secretsNode.Content); i += 2 {
-		idNode, entry := secretsNode.Content[i], resolveAlias(secretsNode.Content[i+1])
-		id := idNode.Value
-		if idNode.Kind != yaml.ScalarNode || id == "" {
-			return nil, fmt.Errorf("line %d: a secret id must be a non-empty string", idNode.Line)
-		}
-		if _, dup := secrets[id]; dup {
-			return nil, fmt.Errorf("line %d: duplicate secret %q", idNode.Line, id)
-		}
-		creds, err := parseYAMLSecret(entry)
-		if err != nil {
-			return nil, fmt.Errorf("secret %q: %w", id, err)
-		}
-		secrets[id] = creds
-	}
-	return secrets, nil
+	return secretsNode, nil
 }
 
 func parseYAMLSecret(entry *yaml.Node) (Credentials, error) {
@@ -180,104 +251,148 @@ type jsonParser struct {
 	dec  *json.Decoder
 }
 
-func parseJSON(data []byte) (map[string]Credentials, error) {
+func parseJSON(data []byte) (secretsDocument, error) {
 	p := &jsonParser{data: data, dec: json.NewDecoder(bytes.NewReader(data))}
 	p.dec.UseNumber()
 
 	if err := p.expectDelim('{', "the top level must be an object with the key \"secrets\""); err != nil {
-		return nil, err
+		return secretsDocument{}, err
 	}
-	var secrets map[string]Credentials
+	var doc secretsDocument
+	found := false
 	for p.dec.More() {
 		key, err := p.key()
 		if err != nil {
-			return nil, err
+			return secretsDocument{}, err
 		}
 		if key != "secrets" {
-			return nil, p.errorf("unknown top-level key %q (expected \"secrets\")", key)
+			return secretsDocument{}, p.errorf("unknown top-level key (the only one allowed is \"secrets\")")
 		}
-		if secrets != nil {
-			return nil, p.errorf("duplicate key \"secrets\"")
+		if found {
+			return secretsDocument{}, p.errorf("duplicate key \"secrets\"")
 		}
-		if secrets, err = p.secrets(); err != nil {
-			return nil, err
+		found = true
+		if doc, err = p.secrets(); err != nil {
+			return secretsDocument{}, err
 		}
 	}
 	if err := p.expectDelim('}', "expected the end of the top-level object"); err != nil {
-		return nil, err
+		return secretsDocument{}, err
 	}
 	if _, err := p.dec.Token(); err != io.EOF {
-		return nil, p.errorf("unexpected data after the top-level object")
+		return secretsDocument{}, p.errorf("unexpected data after the top-level object")
 	}
-	if secrets == nil {
-		return nil, errors.New("missing top-level key \"secrets\"")
+	if !found {
+		return secretsDocument{}, errors.New("missing top-level key \"secrets\"")
 	}
-	return secrets, nil
+	return doc, nil
 }
 
-func (p *jsonParser) secrets() (map[string]Credentials, error) {
+func (p *jsonParser) secrets() (secretsDocument, error) {
 	if err := p.expectDelim('{', "\"secrets\" must be an object from secret id to secret"); err != nil {
-		return nil, err
+		return secretsDocument{}, err
 	}
-	secrets := make(map[string]Credentials)
+	doc := newSecretsDocument()
+	seen := make(map[string]bool)
 	for p.dec.More() {
 		id, err := p.key()
 		if err != nil {
-			return nil, err
+			return secretsDocument{}, err
 		}
-		if id == "" {
-			return nil, p.errorf("a secret id must be a non-empty string")
-		}
-		if _, dup := secrets[id]; dup {
-			return nil, p.errorf("duplicate secret %q", id)
-		}
-		creds, err := p.secret()
+		line := p.line()
+		creds, invalid, err := p.secret()
 		if err != nil {
-			return nil, fmt.Errorf("secret %q: %w", id, err)
+			return secretsDocument{}, err
 		}
-		secrets[id] = creds
+		doc.add(seen, id, line, creds, invalid)
 	}
-	return secrets, p.expectDelim('}', "expected the end of \"secrets\"")
+	return doc, p.expectDelim('}', "expected the end of \"secrets\"")
 }
 
-func (p *jsonParser) secret() (Credentials, error) {
-	if err := p.expectDelim('{', "a secret must be an object of username, password and other keys"); err != nil {
-		return Credentials{}, err
+// secret reads one secret object. A problem confined to the secret comes back as invalid,
+// after the rest of the secret has been read, so that the caller can go on with the next
+// one. An error in err (invalid syntax, an unexpected end) ends the parse.
+func (p *jsonParser) secret() (creds Credentials, invalid, err error) {
+	first, err := p.token()
+	if err != nil {
+		return Credentials{}, nil, err
 	}
-	var creds Credentials
+	if d, ok := first.(json.Delim); !ok || d != '{' {
+		invalid = p.errorf("a secret must be an object of username, password and other keys")
+		return Credentials{}, invalid, p.skipValue(first)
+	}
+
 	seen := make(map[string]bool)
 	for p.dec.More() {
 		key, err := p.key()
 		if err != nil {
-			return Credentials{}, err
+			return Credentials{}, nil, err
 		}
-		if seen[key] {
-			return Credentials{}, p.errorf("duplicate key %q", key)
-		}
-		seen[key] = true
-		tok, err := p.token()
+		value, err := p.token()
 		if err != nil {
-			return Credentials{}, err
+			return Credentials{}, nil, err
 		}
-		var value string
-		switch v := tok.(type) {
-		case string:
-			value = v
-		case nil:
-		default:
-			return Credentials{}, p.errorf("key %q must have a string value", key)
+		if invalid == nil {
+			invalid = p.setField(&creds, seen, key, value)
 		}
-		if err := setField(&creds, key, value); err != nil {
-			return Credentials{}, p.errorf("%w", err)
+		// A nested value is invalid, and the rest of it still has to be read.
+		if err := p.skipValue(value); err != nil {
+			return Credentials{}, nil, err
 		}
 	}
 	if err := p.expectDelim('}', "expected the end of the secret"); err != nil {
-		return Credentials{}, err
+		return Credentials{}, nil, err
 	}
-	if err := validateSecret(creds); err != nil {
-		return Credentials{}, p.errorf("%w", err)
+	if invalid == nil {
+		if err := validateSecret(creds); err != nil {
+			invalid = p.errorf("%w", err)
+		}
 	}
-	return creds, nil
+	if invalid != nil {
+		return Credentials{}, invalid, nil
+	}
+	return creds, nil, nil
+}
+
+// setField stores the value of one key of a secret. seen holds the keys read so far.
+func (p *jsonParser) setField(creds *Credentials, seen map[string]bool, key string, value json.Token) error {
+	if seen[key] {
+		return p.errorf("duplicate key %q", key)
+	}
+	seen[key] = true
+	var text string
+	switch v := value.(type) {
+	case string:
+		text = v
+	case nil:
+	default:
+		return p.errorf("key %q must have a string value", key)
+	}
+	if err := setField(creds, key, text); err != nil {
+		return p.errorf("%w", err)
+	}
+	return nil
+}
+
+// skipValue reads the rest of the value that starts with the token first: nothing for a
+// scalar, and up to the matching closing delimiter for an object or an array.
+func (p *jsonParser) skipValue(first json.Token) error {
+	if first != json.Delim('{') && first != json.Delim('[') {
+		return nil
+	}
+	for depth := 1; depth > 0; {
+		tok, err := p.token()
+		if err != nil {
+			return err
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			depth++
+		case json.Delim('}'), json.Delim(']'):
+			depth--
+		}
+	}
+	return nil
 }
 
 func (p *jsonParser) key() (string, error) {
@@ -323,7 +438,12 @@ func (p *jsonParser) token() (json.Token, error) {
 
 // errorf prefixes the line of the token just read.
 func (p *jsonParser) errorf(format string, args ...any) error {
-	return fmt.Errorf("line %d: %w", p.lineAt(p.dec.InputOffset()), fmt.Errorf(format, args...))
+	return fmt.Errorf("line %d: %w", p.line(), fmt.Errorf(format, args...))
+}
+
+// line returns the line of the token just read.
+func (p *jsonParser) line() int {
+	return p.lineAt(p.dec.InputOffset())
 }
 
 func (p *jsonParser) lineAt(offset int64) int {
