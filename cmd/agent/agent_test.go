@@ -312,6 +312,10 @@ func TestConfigErrors(t *testing.T) {
 		{"lan address", route("    listen_address: 192.168.0.5\n"), "not loopback"},
 		{"unknown protocol", strings.Replace(route(""), "postgres", "oracle", 1), `route "orders": protocol: unknown protocol "oracle"`},
 		{"unknown field", route("    upstream_hots: x\n"), "upstream_hots"},
+		{"misspelt key suggests the key", route("    upstream_hots: x\n"), "upstream_hots not found in a route (did you mean upstream_host?)"},
+		{"secret_id suggests the key", route("    secret_id: s\n"), "secret_id not found in a route (did you mean committed_secret_id?)"},
+		{"unrelated key suggests nothing", route("    colour: blue\n"), "field colour not found in a route"},
+		{"non-loopback says what to use", route("    listen_address: 10.0.0.1\n"), "use 127.0.0.1 or ::1"},
 		{"bad duration", route("    dial_timeout: ten\n"), `invalid duration "ten"`},
 		{"no source", "routes: []\n", "credentials.source: missing"},
 		{"missing secrets file", strings.Replace(route(""), "secrets.yaml", "nope.yaml", 1), "nope.yaml"},
@@ -330,6 +334,9 @@ func TestConfigErrors(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q lacks %q", err, tc.want)
+			}
+			if strings.Contains(tc.config, "colour") && strings.Contains(err.Error(), "did you mean") {
+				t.Errorf("error %q suggests a key for an unrelated one", err)
 			}
 		})
 	}

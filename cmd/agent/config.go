@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -150,7 +152,7 @@ func loadConfig(path string) (*agentConfig, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("config %s: the file is empty", path)
 		}
-		return nil, fmt.Errorf("config %s: %s", path, yamlSections.Replace(err.Error()))
+		return nil, fmt.Errorf("config %s: %s", path, yamlSections.Replace(suggestKeys(err.Error())))
 	}
 	base := filepath.Dir(path)
 	resolve := func(p string) string {
@@ -224,4 +226,73 @@ func loadConfig(path string) (*agentConfig, error) {
 		cfg.routes = append(cfg.routes, r)
 	}
 	return cfg, nil
+}
+
+// unknownField matches a line of the YAML decoder's error for a key that the section's
+// type does not have, such as "field secret_id not found in type main.routeConfig".
+var unknownField = regexp.MustCompile(`field (\S+) not found in type main\.(\w+)`)
+
+// sectionTypes maps the Go type names in unknownField to the types whose yaml tags are the
+// section's keys.
+var sectionTypes = map[string]reflect.Type{
+	"fileConfig":        reflect.TypeFor[fileConfig](),
+	"routeConfig":       reflect.TypeFor[routeConfig](),
+	"tlsConfig":         reflect.TypeFor[tlsConfig](),
+	"credentialsConfig": reflect.TypeFor[credentialsConfig](),
+}
+
+// suggestKeys appends "(did you mean KEY?)" to every unknown key in the YAML decoder's
+// error message msg that has a close key in its section. A key is close when it is one or
+// two edits away, or when it ends with the unknown key, as committed_secret_id does.
+func suggestKeys(msg string) string {
+	return unknownField.ReplaceAllStringFunc(msg, func(match string) string {
+		m := unknownField.FindStringSubmatch(match)
+		typ, ok := sectionTypes[m[2]]
+		if !ok {
+			return match
+		}
+		if key := closestKey(m[1], typ); key != "" {
+			return match + " (did you mean " + key + "?)"
+		}
+		return match
+	})
+}
+
+// closestKey returns the yaml key of typ that name most likely misspells, or "".
+func closestKey(name string, typ reflect.Type) string {
+	best, bestDistance := "", 3
+	for field := range typ.Fields() {
+		key, _, _ := strings.Cut(field.Tag.Get("yaml"), ",")
+		if key == "" {
+			continue
+		}
+		if strings.HasSuffix(key, "_"+name) {
+			return key
+		}
+		if d := editDistance(name, key); d < bestDistance {
+			best, bestDistance = key, d
+		}
+	}
+	return best
+}
+
+// editDistance returns the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }

@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/knoxcall/dbproxy/credsource"
 	"github.com/knoxcall/dbproxy/knoxproxy"
 )
 
@@ -155,7 +158,15 @@ func (w *credentialWatcher) fetchRoute(ctx context.Context, r knoxproxy.Route) e
 		if id == "" {
 			continue
 		}
-		if err := w.fetch(ctx, id); err != nil {
+		err := w.fetch(ctx, id)
+		if errors.Is(err, credsource.ErrNotFound) {
+			key := "committed_secret_id"
+			if id != r.SecretID {
+				key = "tls.client_cert_secret_id"
+			}
+			return fmt.Errorf("%w (add secret %q to the credential source, or fix the route's %s)", err, id, key)
+		}
+		if err != nil {
 			return err
 		}
 	}

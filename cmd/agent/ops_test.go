@@ -698,6 +698,9 @@ func TestReadyzFollowsMissingSecret(t *testing.T) {
 	if !strings.Contains(body, "sec_orders") {
 		t.Errorf("readyz body %q does not name the secret id", body)
 	}
+	if want := "or fix the route's committed_secret_id"; !strings.Contains(body, want) {
+		t.Errorf("readyz body %q lacks the next step %q", body, want)
+	}
 
 	writeFileAtomic(t, a.secrets, fmt.Sprintf("secrets:\n  sec_orders: {username: app, password: %q}\n", canary))
 	deadline := time.Now().Add(2*credentialRetryInterval + fetchTimeout)
