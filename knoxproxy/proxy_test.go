@@ -697,6 +697,9 @@ func TestUpdateRoutes(t *testing.T) {
 	if h.srv.Addr("orders") != nil {
 		t.Fatal("Addr still reports the removed route")
 	}
+	waitUntil(t, 5*time.Second, func() bool {
+		return strings.Contains(h.logs.String(), "outcome=closed_at_reload")
+	}, func() string { return "no close line with outcome=closed_at_reload:\n" + h.logs.String() })
 }
 
 func TestClientCertSecretWithoutCertificate(t *testing.T) {
@@ -717,5 +720,17 @@ func TestClientCertSecretWithoutCertificate(t *testing.T) {
 	h.stop(t)
 	if n := h.dials.Load(); n != 0 {
 		t.Errorf("upstream dials = %d, want 0: no connection without the required certificate", n)
+	}
+}
+
+func TestShutdownDuringLoginOutcome(t *testing.T) {
+	h := startHarness(t, harnessOptions{loginTimeout: time.Minute})
+	h.dial(t) // sends nothing, so its login waits for the first bytes
+	waitUntil(t, 5*time.Second, func() bool {
+		return strings.Contains(h.logs.String(), `msg="session open"`)
+	}, func() string { return "no session open line:\n" + h.logs.String() })
+	h.stop(t)
+	if logs := h.logs.String(); !strings.Contains(logs, "outcome=closed_at_shutdown") {
+		t.Errorf("log lacks outcome=closed_at_shutdown:\n%s", logs)
 	}
 }

@@ -310,7 +310,7 @@ func (s *Server) stopRoute(rs *routeServer) {
 	n := 0
 	for sess := range s.sessions {
 		if sess.rs == rs {
-			sess.abort()
+			sess.abort(outcomeReload)
 			n++
 		}
 	}
@@ -337,7 +337,7 @@ func (s *Server) drain() error {
 	s.mu.Lock()
 	n := len(s.sessions)
 	for sess := range s.sessions {
-		sess.abort()
+		sess.abort(outcomeShutdown)
 	}
 	s.mu.Unlock()
 	s.log.Warn("shutdown timeout reached: closing open sessions", "sessions", n, "timeout", s.cfg.ShutdownTimeout)

@@ -35,6 +35,7 @@ const (
 	outcomeLoginTimeout     = "login_timeout"
 	outcomeCancelRequest    = "cancel_forwarded"
 	outcomeShutdown         = "closed_at_shutdown"
+	outcomeReload           = "closed_at_reload"
 	outcomeSpliceError      = "io_error"
 	outcomeHandshakeFailed  = "handshake_error"
 	outcomeTooMany          = "too_many_connections"
@@ -64,9 +65,10 @@ type session struct {
 	// tlsAttrs describe the upstream TLS connection for the close line.
 	tlsAttrs []any
 
-	mu       sync.Mutex
-	upstream net.Conn
-	aborted  bool
+	mu           sync.Mutex
+	upstream     net.Conn
+	aborted      bool
+	abortOutcome string
 }
 
 func (s *Server) newSession(rs *routeServer, conn net.Conn) *session {
@@ -88,11 +90,13 @@ func (sess *session) done() {
 	sess.srv.wg.Done()
 }
 
-// abort closes both connections; run then ends with the outcome closed_at_shutdown.
-func (sess *session) abort() {
+// abort closes both connections; run then ends with outcome, closed_at_shutdown or
+// closed_at_reload.
+func (sess *session) abort(outcome string) {
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
 	sess.aborted = true
+	sess.abortOutcome = outcome
 	sess.conn.Close()
 	if sess.upstream != nil {
 		sess.upstream.Close()
@@ -168,6 +172,14 @@ func (sess *session) run(ctx context.Context) {
 	defer cancel()
 
 	conns, outcome, err := sess.login(loginCtx)
+	if err != nil {
+		// A login cut short by a shutdown or reload is not a timeout or a client fault.
+		if o, ok := sess.abortedOutcome(); ok {
+			outcome = o
+		} else if ctx.Err() != nil {
+			outcome = outcomeShutdown
+		}
+	}
 	sess.srv.cfg.Observer.LoginFinished(r.Name, r.Protocol, outcome, time.Since(sess.start))
 	if err != nil {
 		sess.closeLine(outcome, 0, 0, err)
@@ -186,12 +198,17 @@ func (sess *session) run(ctx context.Context) {
 	if err != nil {
 		outcome = outcomeSpliceError
 	}
-	sess.mu.Lock()
-	if sess.aborted {
-		outcome, err = outcomeShutdown, nil
+	if o, ok := sess.abortedOutcome(); ok {
+		outcome, err = o, nil
 	}
-	sess.mu.Unlock()
 	sess.closeLine(outcome, toUpstream, toClient, err)
+}
+
+// abortedOutcome returns the outcome that abort set, if abort was called.
+func (sess *session) abortedOutcome() (string, bool) {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	return sess.abortOutcome, sess.aborted
 }
 
 // login runs everything between accept and the splice: the first-bytes check, the
@@ -432,7 +449,7 @@ func (sess *session) closeLine(outcome string, toUpstream, toClient int64, err e
 		// A rate-limited warning has already reported the refusal. A line per connection
 		// would let a client flood the log.
 		sess.log.Debug("session closed", attrs...)
-	case outcomeOK, outcomeCancelRequest, outcomeShutdown:
+	case outcomeOK, outcomeCancelRequest, outcomeShutdown, outcomeReload:
 		sess.log.Info("session closed", attrs...)
 	case outcomeClientGone, outcomeClientProtocol, outcomeLoginTimeout:
 		sess.log.Warn("session closed", attrs...)
