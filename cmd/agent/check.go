@@ -83,7 +83,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	srv, err := knoxproxy.New(knoxproxy.Config{
 		Routes:      routes,
-		Credentials: newSwitchableSource(cfg),
+		Credentials: newSwitchableSource(cfg, logger),
 		Logger:      logger,
 	})
 	if err != nil {

@@ -225,6 +225,9 @@ func loadConfig(path string) (*agentConfig, error) {
 		}
 		cfg.routes = append(cfg.routes, r)
 	}
+	if err := knoxproxy.ValidateRoutes(cfg.routes); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
 	return cfg, nil
 }
 

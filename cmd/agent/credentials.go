@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -91,6 +92,10 @@ func newSourceOf(cc credentialsConfig) (credsource.Source, []string, error) {
 // changes the credentials section swaps the cache behind it: sessions that start later
 // use the new source, and sessions already running are not affected.
 type switchableSource struct {
+	// log receives the lines of sources that log, such as a secrets file that turned
+	// invalid.
+	log *slog.Logger
+
 	mu    sync.Mutex
 	cache *credsource.Cache
 	// retired sums the counters of caches swapped out, so that the cache metrics never
@@ -98,8 +103,8 @@ type switchableSource struct {
 	retired credsource.CacheStats
 }
 
-func newSwitchableSource(cfg *agentConfig) *switchableSource {
-	s := &switchableSource{}
+func newSwitchableSource(cfg *agentConfig, log *slog.Logger) *switchableSource {
+	s := &switchableSource{log: log}
 	s.swap(cfg.source, cfg.cacheTTL)
 	return s
 }
@@ -107,6 +112,9 @@ func newSwitchableSource(cfg *agentConfig) *switchableSource {
 // swap installs a new cache over src and returns a function that restores the previous
 // one.
 func (s *switchableSource) swap(src credsource.Source, ttl time.Duration) (undo func()) {
+	if f, ok := src.(*credsource.File); ok && f.Logger == nil {
+		f.Logger = s.log
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	oldCache, oldRetired := s.cache, s.retired

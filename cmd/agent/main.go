@@ -10,7 +10,8 @@
 //
 // SIGINT and SIGTERM turn /readyz to 503, keep accepting for shutdown_delay, then stop
 // accepting and let open sessions finish for up to shutdown_timeout. The exit status is 0
-// when every session ended by itself and 1 when some had to be closed. SIGHUP, or a change
+// when every session ended by itself and 1 when some had to be closed. A second SIGINT or
+// SIGTERM ends the agent at once. SIGHUP, or a change
 // of the configuration file, reloads the configuration.
 //
 // The check subcommand logs in to the upstream of every route through a temporary
@@ -63,6 +64,12 @@ func usagef(format string, args ...any) error {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// After the first signal, a second one ends the process at once with the default
+	// action, instead of waiting for the shutdown delay and the drain.
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	switch {
 	case err == nil:

@@ -39,7 +39,7 @@ type daemon struct {
 // shutdown_timeout to finish. It returns an error wrapping knoxproxy.ErrShutdownTimeout
 // when sessions had to be closed.
 func serve(ctx context.Context, path string, cfg *agentConfig, log *slog.Logger) error {
-	d := &daemon{path: path, log: log, cfg: cfg, creds: newSwitchableSource(cfg)}
+	d := &daemon{path: path, log: log, cfg: cfg, creds: newSwitchableSource(cfg, log)}
 	obs := metrics.NewObserver()
 	srv, err := knoxproxy.New(knoxproxy.Config{
 		Routes:          cfg.routes,

@@ -153,6 +153,43 @@ func TestSIGTERMDrain(t *testing.T) {
 	}
 }
 
+// TestSecondSignalExitsAtOnce checks that a second SIGTERM during the shutdown delay ends
+// the agent at once, so an operator need not wait for the delay or send SIGKILL.
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	bin := buildAgent(t)
+	port := dbtest.FreePort(t)
+	config := fmt.Sprintf("credentials: {source: file, path: secrets.yaml}\nshutdown_delay: 30s\nroutes:\n"+
+		"  - {name: cache, protocol: redis, local_port: %d, upstream_host: 127.0.0.1, upstream_port: %d, committed_secret_id: sec_orders}\n",
+		port, dbtest.FreePort(t))
+	p, _ := startAgentProcess(t, bin, config)
+	waitListening(t, &agent{logs: p.logs, done: make(chan error)}, port)
+
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitUntilLogged(t, p.logs, "shutdown requested")
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	p.waitExit(t, 5*time.Second)
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("agent exited %v after the second SIGTERM, want at once", d)
+	}
+}
+
+// waitUntilLogged waits up to 5s for logs to contain want.
+func waitUntilLogged(t *testing.T, logs *dbtest.LogBuffer, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("log lacks %q after 5s:\n%s", want, logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func TestSIGHUPReloads(t *testing.T) {
 	pg := startPG(t)
 	bin := buildAgent(t)
