@@ -148,8 +148,13 @@ func TestPeerUIDAllowlistWithRealClients(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(out)) != "app" {
 		t.Fatalf("psql as root: %v, %q", err, out)
 	}
-	if !strings.Contains(r.logs.String(), "peer_uid=0 peer_pid=") {
-		t.Errorf("session log lacks the peer UID and PID:\n%s", r.logs)
+	if !strings.Contains(r.logs.String(), "peer_uid=0") {
+		t.Errorf("session log lacks the peer UID:\n%s", r.logs)
+	}
+	// The PID of a TCP peer is not looked up by default, and an unknown PID is left out
+	// rather than shown as 0.
+	if strings.Contains(r.logs.String(), "peer_pid=0") {
+		t.Errorf("session log shows an unknown PID as 0:\n%s", r.logs)
 	}
 }
 
@@ -357,6 +362,26 @@ func TestRedisThroughCore(t *testing.T) {
 	}
 	if who != dbtest.RedisUser {
 		t.Errorf("ACL WHOAMI = %q, want %q", who, dbtest.RedisUser)
+	}
+}
+
+// TestPsqlAtRedisRouteFails checks that psql pointed at a Redis route by mistake fails at
+// once. Redis would wait for the end of an inline command that never comes.
+func TestPsqlAtRedisRouteFails(t *testing.T) {
+	rd := dbtest.StartRedis(t, dbtest.RedisOptions{})
+	r := serve(t, knoxproxy.Route{Protocol: "redis", UpstreamHost: rd.Host, UpstreamPort: rd.Port,
+		TLS: knoxproxy.TLS{CAFile: rd.Certs.CAFile}}, credsource.Credentials{Username: dbtest.RedisUser, Password: dbtest.RedisPassword})
+	cmd := psqlCommand(t, fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb", r.port()), "-c", "select 1")
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("psql at a Redis route succeeded:\n%s", out)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("psql failed after %v, want at once", d)
+	}
+	if logs := r.logs.String(); !strings.Contains(logs, "reason=not_redis") {
+		t.Errorf("log lacks reason=not_redis:\n%s", logs)
 	}
 }
 

@@ -574,6 +574,7 @@ func TestSniff(t *testing.T) {
 		{"redis short del", "DEL\r\n", true, ""},
 		{"redis short ping", "PI\r\n", true, ""},
 		{"mongo length starting with G", "\x47\x01\x00\x00", false, ""},
+		{"postgres sslrequest to redis", "\x00\x00\x00\x08\x04\xd2\x16\x2f", true, reasonNotRedis},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// A pipe-backed reader would block past the input; a loopback socket shows

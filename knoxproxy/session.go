@@ -132,8 +132,8 @@ func (sess *session) run(ctx context.Context) {
 			if peerErr == nil {
 				peer.PID = rejectedPeerPID(sess.srv.cfg.PeerChecker, sess.conn, peer)
 			}
-			attrs := []any{"reason", reason, "peer_uid", uidAttr(peer.UID), "peer_pid", peer.PID,
-				"remote", sess.conn.RemoteAddr().String()}
+			attrs := append([]any{"reason", reason}, peerAttrs(peer)...)
+			attrs = append(attrs, "remote", sess.conn.RemoteAddr().String())
 			if peerErr != nil {
 				attrs = append(attrs, "err", peerErr)
 			}
@@ -146,7 +146,7 @@ func (sess *session) run(ctx context.Context) {
 		sess.closeLine(outcomePeerRejected, 0, 0, nil)
 		return
 	}
-	sess.log = sess.log.With("peer_uid", uidAttr(peer.UID), "peer_pid", peer.PID)
+	sess.log = sess.log.With(peerAttrs(peer)...)
 
 	// Beyond the route's limit, tell the client in its protocol and close. The client gets
 	// a short time to send its opening message, so that connections that send nothing
@@ -456,6 +456,15 @@ func (sess *session) closeLine(outcome string, toUpstream, toClient int64, err e
 	default:
 		sess.log.Error("session closed", attrs...)
 	}
+}
+
+// peerAttrs are the log attributes of a peer. An unknown PID (zero) is left out rather
+// than shown as a PID.
+func peerAttrs(peer peercred.Cred) []any {
+	if peer.PID == 0 {
+		return []any{"peer_uid", uidAttr(peer.UID)}
+	}
+	return []any{"peer_uid", uidAttr(peer.UID), "peer_pid", peer.PID}
 }
 
 // uidAttr shows an unknown UID as -1 rather than 4294967295.

@@ -6,6 +6,7 @@ import "bufio"
 const (
 	reasonHTTP     = "http_request"
 	reasonTLSHello = "tls_client_hello"
+	reasonNotRedis = "not_redis"
 )
 
 // httpMethods are request-line prefixes of HTTP/1.x methods. A browser page that points
@@ -19,11 +20,17 @@ var httpMethods = [][]byte{
 // reason when they are an HTTP request line or a TLS handshake record, and "" otherwise.
 //
 // For Redis, whose inline commands are plain words, an HTTP method only counts when the next
-// token looks like a request target ("/" or "http"), since "GET key" is a valid command.
+// token looks like a request target ("/" or "http"), since "GET key" is a valid command. A
+// Redis client never starts with a zero byte, while PostgreSQL's first message (a length
+// below 2^24) does: without this check, psql pointed at a Redis route would wait forever,
+// because Redis waits for the end of what it takes for an inline command.
 func sniff(r *bufio.Reader, redisInline bool) (string, error) {
 	first, err := r.Peek(1)
 	if err != nil {
 		return "", err
+	}
+	if redisInline && first[0] == 0 {
+		return reasonNotRedis, nil
 	}
 
 	// A TLS record starts with content type 22 (handshake) and major version 3. No
