@@ -382,6 +382,9 @@ func TestCredentialsMissing(t *testing.T) {
 	if !strings.HasPrefix(got, "ERROR route orders: fetch credentials") {
 		t.Fatalf("got %q, want an error naming the route and the fetch", got)
 	}
+	if want := "add the secret to the credential source"; !strings.Contains(got, want) {
+		t.Errorf("got %q, want the next step %q", got, want)
+	}
 	h.stop(t)
 	if n := h.dials.Load(); n != 0 {
 		t.Errorf("upstream dials = %d, want 0", n)

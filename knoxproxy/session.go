@@ -243,7 +243,11 @@ func (sess *session) login(ctx context.Context) (handshake.Conns, string, error)
 	creds, err := sess.srv.cfg.Credentials.Fetch(ctx, r.SecretID)
 	sess.recordFetch(err)
 	if err != nil {
-		err = fmt.Errorf("fetch credentials %q: %w", r.SecretID, err)
+		hint := ""
+		if errors.Is(err, credsource.ErrNotFound) {
+			hint = " (add the secret to the credential source, or fix the route's secret id)"
+		}
+		err = fmt.Errorf("fetch credentials %q: %w%s", r.SecretID, err, hint)
 		sess.log.Error("credential fetch failed", "secret_id", r.SecretID, "err", err)
 		return handshake.Conns{}, outcomeCredentials, sess.reject(ctx, client, err)
 	}
