@@ -213,8 +213,13 @@ func TestFakeStalledServer(t *testing.T) {
 			if elapsed := time.Since(start); elapsed > timeout+700*time.Millisecond {
 				t.Errorf("error arrived after %v, want about %v", elapsed, timeout)
 			}
-			if !strings.Contains(er.Message, "timed out") {
-				t.Errorf("message %q does not say the login timed out", er.Message)
+			if want := `dbproxy route "testroute": login timed out in step "`; !strings.HasPrefix(er.Message, want) {
+				t.Errorf("message %q does not start with %q", er.Message, want)
+			}
+			for _, raw := range []string{"127.0.0.1", "i/o timeout", "deadline exceeded"} {
+				if strings.Contains(er.Message, raw) {
+					t.Errorf("message %q contains %q", er.Message, raw)
+				}
 			}
 			if err := p.lastError(t, 1); !errors.Is(err, context.DeadlineExceeded) {
 				t.Errorf("error = %v, want context.DeadlineExceeded", err)

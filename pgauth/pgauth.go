@@ -175,10 +175,7 @@ func fail(ctx context.Context, client net.Conn, route string, err error, stopWat
 		writeFinal(ctx, client, serr.Reply, stopWatch)
 		return
 	}
-	msg := fmt.Sprintf("dbproxy route %q: %v", route, err)
-	if ctx.Err() != nil {
-		msg = fmt.Sprintf("dbproxy route %q: login timed out: %v", route, err)
-	}
+	msg := fmt.Sprintf("dbproxy route %q: %s", route, clientErrorText(ctx, err))
 	sendFatal(ctx, client, &pgproto3.ErrorResponse{Code: handshakeCode(err), Message: msg}, stopWatch)
 }
 
