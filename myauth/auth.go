@@ -71,7 +71,7 @@ func loginUpstream(ctx context.Context, conn net.Conn, g *greeting, resp *respon
 	for range maxAuthRounds {
 		seq, p, err := readPacket(tc, maxServerPacketLen)
 		if err != nil {
-			return nil, fmt.Errorf("upstream auth: %w", err)
+			return nil, fmt.Errorf("upstream auth: %w", upstreamReadError(err))
 		}
 		if seq != next || len(p) == 0 {
 			return nil, fmt.Errorf("upstream auth: %w: sequence id %d, want %d (length %d)",

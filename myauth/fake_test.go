@@ -162,7 +162,7 @@ func TestUpstreamFaults(t *testing.T) {
 				c.Read(make([]byte, 1)) // until the agent gives up
 				return nil
 			},
-			wantCode: 1043, wantInMsg: "deadline exceeded", wantErr: context.DeadlineExceeded,
+			wantCode: 1043, wantInMsg: `login timed out in step "upstream greeting"`, wantErr: context.DeadlineExceeded,
 		},
 		{
 			name: "garbage greeting",
@@ -212,6 +212,9 @@ func TestUpstreamFaults(t *testing.T) {
 			}
 			if !strings.Contains(serr.Message, tt.wantInMsg) {
 				t.Errorf("ERR message %q, want it to contain %q", serr.Message, tt.wantInMsg)
+			}
+			if strings.Contains(serr.Message, "127.0.0.1") {
+				t.Errorf("ERR message %q contains a socket address", serr.Message)
 			}
 			if d := time.Since(start); d > 2*time.Second {
 				t.Errorf("ERR after %v, want it within the login timeout", d)
@@ -311,7 +314,7 @@ func TestUpstreamAuthExchange(t *testing.T) {
 				_, err = tc.Write([]byte("\xff\xff\xff\x03garbage"))
 				return err
 			},
-			wantErr: errPacketTooLong, wantText: "too long",
+			wantErr: ErrUpstreamProtocol, wantText: "too long",
 		},
 	}
 	for _, tt := range tests {
@@ -420,12 +423,17 @@ func TestClientStallTimesOut(t *testing.T) {
 	})
 	p := f.proxyTo(t, 300*time.Millisecond)
 	c, _, _ := fakeClient(t, p.Addr)
-	_, pkt, err := readPacket(c, maxServerPacketLen)
+	seq, pkt, err := readPacket(c, maxServerPacketLen)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if serr := parseErrPacket(pkt); pkt[0] != mysql.ERR_HEADER || !strings.Contains(serr.Message, "login timeout") {
-		t.Errorf("client got %x, want ERR about the login timeout", pkt)
+	want := `dbproxy route "test-route": login timed out`
+	if serr := parseErrPacket(pkt); pkt[0] != mysql.ERR_HEADER || !strings.HasPrefix(serr.Message, want) {
+		t.Errorf("client got %x, want ERR starting with %q", pkt, want)
+	}
+	// The client sent nothing after the greeting (sequence id 0), so the ERR comes next.
+	if seq != 1 {
+		t.Errorf("ERR sequence id %d, want 1", seq)
 	}
 	if err := lastHandshakeError(t, p); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Handshake error %v, want context.DeadlineExceeded", err)
@@ -435,20 +443,48 @@ func TestClientStallTimesOut(t *testing.T) {
 	}
 }
 
+// TestUpstreamAuthStallTimesOut checks that an upstream that stops replying after TLS ends
+// the login at the timeout, with an ERR that names the step and no socket address.
+func TestUpstreamAuthStallTimesOut(t *testing.T) {
+	f := startFake(t, func(f *fakeUpstream, c net.Conn) error {
+		tc, _, err := f.acceptLogin(c, mysql.AUTH_NATIVE_PASSWORD)
+		if err != nil {
+			return err
+		}
+		tc.Read(make([]byte, 1)) // until the agent gives up
+		return nil
+	})
+	p := f.proxyTo(t, 300*time.Millisecond)
+	c, _, _ := fakeClient(t, p.Addr)
+	seqs, packets := sendResponse(t, c, mysql.AUTH_NATIVE_PASSWORD, nil)
+	last := packets[len(packets)-1]
+	if last[0] != mysql.ERR_HEADER || seqs[len(seqs)-1] != 2 {
+		t.Fatalf("client got %x with sequence ids %v, want ERR with 2", last, seqs)
+	}
+	msg := parseErrPacket(last).Message
+	if want := `dbproxy route "test-route": login timed out in step "upstream auth"`; msg != want {
+		t.Errorf("ERR message %q, want %q", msg, want)
+	}
+	if err := lastHandshakeError(t, p); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Handshake error %v, want context.DeadlineExceeded", err)
+	}
+}
+
 func TestClientProtocolErrors(t *testing.T) {
 	tests := []struct {
 		name     string
 		send     []byte // written raw after the greeting
 		wantCode uint16
 		wantText string
+		wantSeq  byte // 1 when the input is not a packet with sequence id 1, as MariaDB does
 	}{
-		{"http", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 1043, "HTTP"},
-		{"tls client hello", []byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01}, 1043, "TLS"},
-		{"ssl request", rawPacket(1, (&response{capabilities: fakeCaps, maxPacketSize: 1 << 24}).marshal("", nil, "", true)), 1043, "TLS is not offered"},
-		{"protocol 320", rawPacket(1, []byte{0x05, 0x00, 0xff, 0xff, 0xff, 'a', 'p', 'p', 0}), 1251, "4.1"},
-		{"wrong sequence id", rawPacket(5, (&response{capabilities: fakeCaps &^ mysql.CLIENT_SSL}).marshal("app", nil, "", false)), 1043, "sequence id 5"},
-		{"truncated response", rawPacket(1, []byte{0x0d, 0xa2, 0, 0, 0, 0, 0, 1}), 1043, "malformed"},
-		{"too long", []byte{0xff, 0xff, 0x7f, 1}, 1043, "too long"},
+		{"http", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 1043, "HTTP", 1},
+		{"tls client hello", []byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01}, 1043, "TLS", 1},
+		{"ssl request", rawPacket(1, (&response{capabilities: fakeCaps, maxPacketSize: 1 << 24}).marshal("", nil, "", true)), 1043, "TLS is not offered", 2},
+		{"protocol 320", rawPacket(1, []byte{0x05, 0x00, 0xff, 0xff, 0xff, 'a', 'p', 'p', 0}), 1251, "4.1", 2},
+		{"wrong sequence id", rawPacket(5, (&response{capabilities: fakeCaps &^ mysql.CLIENT_SSL}).marshal("app", nil, "", false)), 1043, "sequence id 5", 1},
+		{"truncated response", rawPacket(1, []byte{0x0d, 0xa2, 0, 0, 0, 0, 0, 1}), 1043, "malformed", 2},
+		{"too long", []byte{0xff, 0xff, 0x7f, 1}, 1043, "too long", 2},
 	}
 	f := startFake(t, func(f *fakeUpstream, c net.Conn) error {
 		tc, _, err := f.acceptLogin(c, mysql.AUTH_NATIVE_PASSWORD)
@@ -466,13 +502,16 @@ func TestClientProtocolErrors(t *testing.T) {
 			if _, err := c.Write(tt.send); err != nil {
 				t.Fatal(err)
 			}
-			_, pkt, err := readPacket(c, maxServerPacketLen)
+			seq, pkt, err := readPacket(c, maxServerPacketLen)
 			if err != nil {
 				t.Fatal(err)
 			}
 			serr := parseErrPacket(pkt)
 			if pkt[0] != mysql.ERR_HEADER || serr.Code != tt.wantCode {
 				t.Fatalf("client got %x, want ERR %d", pkt, tt.wantCode)
+			}
+			if seq != tt.wantSeq {
+				t.Errorf("ERR sequence id %d, want %d", seq, tt.wantSeq)
 			}
 			if !strings.Contains(serr.Message, tt.wantText) {
 				t.Errorf("ERR message %q, want it to contain %q", serr.Message, tt.wantText)

@@ -96,12 +96,13 @@ func Handshake(ctx context.Context, client, upstream net.Conn, creds credsource.
 func Reject(ctx context.Context, client net.Conn, route string, cause error) error {
 	stop := handshake.WatchContext(ctx, client)
 	defer stop()
-	err := writePacket(client, 0, agentErrPacket(route, cause))
+	err := writePacket(client, 0, agentErrPacket(context.Background(), route, cause))
 	return handshake.ContextError(ctx, err)
 }
 
-// agentErrPacket encodes an ERR packet for a failure of the agent itself.
-func agentErrPacket(route string, cause error) []byte {
+// agentErrPacket encodes an ERR packet for a failure of the agent itself. When ctx has ended,
+// the message states that the login timed out.
+func agentErrPacket(ctx context.Context, route string, cause error) []byte {
 	code, state := uint16(codeHandshakeError), stateCommunication
 	switch {
 	case errors.Is(cause, credsource.ErrNotFound):
@@ -111,7 +112,7 @@ func agentErrPacket(route string, cause error) []byte {
 		code = mysql.ER_CON_COUNT_ERROR // 1040, SQLSTATE 08004
 		state = "08004"
 	}
-	msg := fmt.Sprintf("dbproxy route %q: %v", route, cause)
+	msg := fmt.Sprintf("dbproxy route %q: %s", route, clientErrorText(ctx, cause))
 	return errPacket(code, state, msg, true)
 }
 
@@ -193,10 +194,7 @@ func (s *session) readGreeting(upstream net.Conn) (*greeting, error) {
 		return nil, fmt.Errorf("upstream greeting: %w", parseErrPacket(p))
 	}
 	if err != nil {
-		if errors.Is(err, errPacketTooLong) {
-			err = fmt.Errorf("%w: %w", ErrUpstreamProtocol, err)
-		}
-		err = fmt.Errorf("upstream greeting: %w", handshake.ContextError(s.ctx, err))
+		err = fmt.Errorf("upstream greeting: %w", upstreamReadError(err))
 		s.sendAgentError(0, err)
 		return nil, err
 	}
@@ -227,49 +225,62 @@ func parseUsableGreeting(p []byte) (*greeting, error) {
 	return g, nil
 }
 
+// Sequence ids of an ERR packet sent while the client's HandshakeResponse41 is read, numbered
+// as MariaDB 10.11.19 numbers them. An HTTP request or a packet with the wrong sequence id
+// ("Got packets out of order") gets ERR 1, because no response was taken. A packet with
+// sequence id 1 that is not a valid response ("Bad handshake") gets ERR 2.
+const (
+	seqNoResponse    = 1 // no packet with sequence id 1 was read
+	seqAfterResponse = 2 // the reply to a packet with sequence id 1
+)
+
 // readResponse reads the client's HandshakeResponse41. Input the agent cannot use (HTTP, TLS,
 // SSLRequest, HandshakeResponse320, malformed packets) gets an ERR.
 func (s *session) readResponse() (*response, error) {
 	var header [packetHeaderLen]byte
 	if _, err := io.ReadFull(s.client, header[:]); err != nil {
-		return nil, s.responseReadError(err)
+		return nil, s.responseReadError(seqNoResponse, err)
 	}
 	if protocol := foreignProtocol(header); protocol != "" {
-		return nil, s.clientError(codeHandshakeError, stateCommunication, true,
+		return nil, s.clientError(seqNoResponse, codeHandshakeError, stateCommunication, true,
 			fmt.Sprintf("received %s on a MySQL port", protocol))
+	}
+	errSeq := byte(seqNoResponse)
+	if header[3] == 1 {
+		errSeq = seqAfterResponse
 	}
 	seq, p, err := readPayload(s.client, header, maxResponseLen)
 	if errors.Is(err, errPacketTooLong) {
-		return nil, s.clientError(codeHandshakeError, stateCommunication, true,
+		return nil, s.clientError(errSeq, codeHandshakeError, stateCommunication, true,
 			fmt.Sprintf("handshake response: %v", err))
 	}
 	if err != nil {
-		return nil, s.responseReadError(err)
+		return nil, s.responseReadError(errSeq, err)
 	}
 	if seq != 1 {
-		return nil, s.clientError(codeHandshakeError, stateCommunication, true,
+		return nil, s.clientError(errSeq, codeHandshakeError, stateCommunication, true,
 			fmt.Sprintf("handshake response has sequence id %d, want 1", seq))
 	}
 	resp, err := parseResponse(p)
 	switch {
 	case err != nil:
-		return nil, s.clientError(codeHandshakeError, stateCommunication, true, err.Error())
+		return nil, s.clientError(errSeq, codeHandshakeError, stateCommunication, true, err.Error())
 	case resp.sslRequest:
-		return nil, s.clientError(codeHandshakeError, stateCommunication, true,
+		return nil, s.clientError(errSeq, codeHandshakeError, stateCommunication, true,
 			"TLS is not offered on the agent's loopback listener; connect without TLS")
 	case resp.capabilities&mysql.CLIENT_PROTOCOL_41 == 0:
-		return nil, s.clientError(codeOldClient, stateOldClient, false,
+		return nil, s.clientError(errSeq, codeOldClient, stateOldClient, false,
 			"client does not support protocol 4.1; upgrade the client")
 	}
 	return resp, nil
 }
 
 // responseReadError wraps a failed read of the client's response. When the login timeout
-// ended it, the client still gets an ERR saying so.
-func (s *session) responseReadError(err error) error {
+// ended it, the client still gets an ERR with sequence id seq saying so.
+func (s *session) responseReadError(seq byte, err error) error {
 	if s.ctx.Err() != nil {
-		msg := fmt.Sprintf("dbproxy route %q: no handshake response before the login timeout", s.opts.Route)
-		s.sendError(2, errPacket(codeHandshakeError, stateCommunication, msg, true))
+		msg := fmt.Sprintf("dbproxy route %q: login timed out: no handshake response from the client", s.opts.Route)
+		s.sendError(seq, errPacket(codeHandshakeError, stateCommunication, msg, true))
 	}
 	return fmt.Errorf("client handshake response: %w", err)
 }
@@ -288,18 +299,18 @@ func foreignProtocol(header [packetHeaderLen]byte) string {
 	return ""
 }
 
-// clientError sends the client an ERR packet (sequence id 2, after its response) and returns
-// an error wrapping ErrClientProtocol.
-func (s *session) clientError(code uint16, state string, protocol41 bool, msg string) error {
+// clientError sends the client an ERR packet with sequence id seq and returns an error
+// wrapping ErrClientProtocol.
+func (s *session) clientError(seq byte, code uint16, state string, protocol41 bool, msg string) error {
 	full := fmt.Sprintf("dbproxy route %q: %s", s.opts.Route, msg)
-	s.sendError(2, errPacket(code, state, full, protocol41))
+	s.sendError(seq, errPacket(code, state, full, protocol41))
 	return fmt.Errorf("client handshake response: %w: %s", ErrClientProtocol, msg)
 }
 
 // sendAgentError sends the client an ERR for a failure of the agent. It is best effort,
 // because the error that Handshake returns already describes the failure.
 func (s *session) sendAgentError(seq byte, cause error) {
-	s.sendError(seq, agentErrPacket(s.opts.Route, cause))
+	s.sendError(seq, agentErrPacket(s.ctx, s.opts.Route, cause))
 }
 
 // sendError writes an ERR packet to the client. When ctx has ended, which also set a past
@@ -367,7 +378,7 @@ func (s *session) retry(first *login, resp, up *response) (*login, error) {
 
 	_, p, err := readPacket(conn, maxGreetingLen)
 	if err != nil {
-		return fail(fmt.Errorf("retry: upstream greeting: %w", err))
+		return fail(fmt.Errorf("retry: upstream greeting: %w", upstreamReadError(err)))
 	}
 	if len(p) > 0 && p[0] == mysql.ERR_HEADER {
 		conn.Close()

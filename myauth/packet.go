@@ -65,6 +65,15 @@ func writePacket(w io.Writer, seq byte, payload []byte) error {
 	return err
 }
 
+// upstreamReadError marks a packet from the upstream that is longer than its limit as an
+// upstream protocol error. Other read errors are returned unchanged.
+func upstreamReadError(err error) error {
+	if errors.Is(err, errPacketTooLong) {
+		return fmt.Errorf("%w: %w", ErrUpstreamProtocol, err)
+	}
+	return err
+}
+
 func unexpectedEOF(err error) error {
 	if errors.Is(err, io.EOF) {
 		return io.ErrUnexpectedEOF

@@ -7,6 +7,9 @@ import (
 	"strings"
 )
 
+// NOTE: pgauth, myauth and redisauth hold identical copies of this file, which belongs in
+// internal/handshake so that the protocols cannot drift apart.
+
 // clientErrorText formats err for an error message sent to the client. A *net.OpError in err
 // loses its socket addresses ("read tcp 127.0.0.1:50516->127.0.0.1:41001: i/o timeout" becomes
 // "read: i/o timeout"); the returned error and the logs keep them. When ctx has ended, the
