@@ -72,10 +72,12 @@ func TestHandshakeFaultyUpstream(t *testing.T) {
 		wantReply string
 	}{
 		{"stall", true, func(c net.Conn) { io.Copy(io.Discard, c) },
-			context.DeadlineExceeded, `-ERR dbproxy route "cache": context deadline exceeded`},
+			context.DeadlineExceeded, "-ERR dbproxy route \"cache\": login timed out in step \"upstream auth: read reply\"\r\n"},
+		{"not resp", true, func(c net.Conn) { io.WriteString(c, "HTTP/1.1 400 Bad Request"); io.Copy(io.Discard, c) },
+			ErrUpstreamProtocol, `-ERR dbproxy route "cache": upstream auth: reply starts with byte 0x48, which starts no RESP reply`},
 		{"garbage", true, func(c net.Conn) { io.WriteString(c, "%%%nonsense\r\n") },
 			ErrUpstreamProtocol, `-ERR dbproxy route "cache": upstream auth: unexpected reply "%%%nonsense"`},
-		{"endless line", true, func(c net.Conn) { io.WriteString(c, strings.Repeat("x", 5000)) },
+		{"endless line", true, func(c net.Conn) { io.WriteString(c, "+"+strings.Repeat("x", 5000)) },
 			ErrUpstreamProtocol, `-ERR dbproxy route "cache": upstream auth: reply longer than 1024 bytes`},
 		{"closed", true, func(c net.Conn) {},
 			io.EOF, `-ERR dbproxy route "cache": upstream auth: read reply: EOF`},
@@ -108,6 +110,9 @@ func TestHandshakeFaultyUpstream(t *testing.T) {
 			reply, _ := bufio.NewReader(app).ReadString('\n')
 			if !strings.HasPrefix(reply, tt.wantReply) {
 				t.Errorf("client reply %q, want prefix %q", reply, tt.wantReply)
+			}
+			if strings.Contains(reply, "127.0.0.1") {
+				t.Errorf("client reply %q contains a socket address", reply)
 			}
 		})
 	}

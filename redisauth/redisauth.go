@@ -94,12 +94,13 @@ func Handshake(ctx context.Context, client, upstream net.Conn, creds credsource.
 		}
 	}
 	if err != nil {
+		reply := errorReply(ctx, opts.Route, err)
 		err = handshake.ContextError(ctx, err)
 		stop()
 		handshake.ClearDeadlines(client)
 		replyCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), firstCommandTimeout)
 		defer cancel()
-		if werr := replyToFirstCommand(replyCtx, client, errorReply(opts.Route, err)); werr != nil {
+		if werr := replyToFirstCommand(replyCtx, client, reply); werr != nil {
 			log.Debug("redis error reply not delivered", "route", opts.Route, "error", werr)
 		}
 		return Conns{}, err
@@ -167,7 +168,16 @@ func login(ctx context.Context, raw net.Conn, creds credsource.Credentials, opts
 		return nil, fmt.Errorf("upstream auth: send AUTH: %w", err)
 	}
 
-	// +OK, or an error reply.
+	// +OK, or an error reply. A first byte that starts no RESP reply fails at once, instead
+	// of waiting for a line end that a server of another protocol may never send.
+	first, err := conn.R.Peek(1)
+	if err != nil {
+		return nil, fmt.Errorf("upstream auth: read reply: %w", err)
+	}
+	if !isReplyType(first[0]) {
+		return nil, fmt.Errorf("upstream auth: reply starts with byte 0x%02x, which starts no RESP reply (is the upstream port a Redis server?): %w",
+			first[0], ErrUpstreamProtocol)
+	}
 	line, err := conn.R.ReadSlice('\n')
 	if errors.Is(err, bufio.ErrBufferFull) {
 		return nil, fmt.Errorf("upstream auth: reply longer than %d bytes: %w", upstreamBufferSize, ErrUpstreamProtocol)
@@ -186,6 +196,16 @@ func login(ctx context.Context, raw net.Conn, creds credsource.Credentials, opts
 	return nil, fmt.Errorf("upstream auth: unexpected reply %.40q: %w", line, ErrUpstreamProtocol)
 }
 
+// isReplyType reports whether b is a RESP2 or RESP3 type byte that can start a reply.
+// The ';' and '.' types appear only inside a streamed string or aggregate.
+func isReplyType(b byte) bool {
+	switch b {
+	case '+', '-', ':', '$', '*', '_', ',', '#', '!', '=', '(', '%', '~', '>', '|':
+		return true
+	}
+	return false
+}
+
 // Reject reports to a client that the agent could not set up its session. Redis clients
 // speak first, so it reads the client's first command (bounded by ctx, firstCommandTimeout
 // and maxFirstCommandLen) and replies with "-ERR dbproxy route "NAME": cause", as
@@ -194,12 +214,13 @@ func login(ctx context.Context, raw net.Conn, creds credsource.Credentials, opts
 func Reject(ctx context.Context, client net.Conn, route string, cause error) error {
 	ctx, cancel := context.WithTimeout(ctx, firstCommandTimeout)
 	defer cancel()
-	return replyToFirstCommand(ctx, client, errorReply(route, cause))
+	return replyToFirstCommand(ctx, client, errorReply(context.Background(), route, cause))
 }
 
-// errorReply formats err as a RESP simple error naming the route. For an error reply to
-// AUTH it keeps the server's error code, so that clients see WRONGPASS as WRONGPASS.
-func errorReply(route string, err error) []byte {
+// errorReply formats err as a RESP simple error naming the route, as clientErrorText words
+// it for ctx. For an error reply to AUTH it keeps the server's error code, so that clients
+// see WRONGPASS as WRONGPASS.
+func errorReply(ctx context.Context, route string, err error) []byte {
 	code, text := "ERR", "session setup failed"
 	var rejected *authError
 	switch {
@@ -207,7 +228,7 @@ func errorReply(route string, err error) []byte {
 		code = rejected.Code
 		text = "upstream rejected the stored credentials: " + rejected.Text
 	case err != nil:
-		text = err.Error()
+		text = clientErrorText(ctx, err)
 	}
 	msg := sanitize(fmt.Sprintf("%s dbproxy route %s: %s", code, strconv.Quote(route), text))
 	if len(msg) > maxErrorText {
