@@ -88,7 +88,7 @@ func newCommandReader(r io.Reader, route, user, password string) *commandReader 
 	cr.user = user
 	cr.helloUser = appendBulk(nil, user)
 	cr.helloPass = appendBulk(nil, password)
-	cr.resetCommand = rejectionCommand(route, "RESET is not supported because it would log the session out; reconnect instead")
+	cr.resetCommand = resetRejection(route)
 	return cr
 }
 
@@ -409,6 +409,15 @@ func (r *commandReader) protocolError(err error, reason string) error {
 	r.argsLeft, r.raw, r.drop = 0, 0, 0
 	r.closing = true
 	return nil
+}
+
+// resetRejection encodes the command that takes the place of RESET: a command that Redis
+// does not implement, whose name is the reason. The server replies "-ERR unknown command
+// 'RESET (not supported by dbproxy route "NAME": ...)', with args beginning with: " in order
+// with the replies to pipelined commands, and the session stays logged in. Redis 7.0 shows
+// at most 128 bytes of the name, which holds the whole text for route names of up to 38 bytes.
+func resetRejection(route string) []byte {
+	return appendCommand(nil, fmt.Sprintf("RESET (not supported by dbproxy route %q: it would log the session out; reconnect instead)", route))
 }
 
 // rejectionCommand encodes a command that Redis does not implement, so the server replies

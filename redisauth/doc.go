@@ -29,7 +29,7 @@
 //   - RESET would log the session out, because Redis then authenticates the connection
 //     as the default user. The agent replaces it with a command that the server rejects,
 //     so the client gets, in order with its other replies,
-//     -ERR unknown command 'dbproxy', with args beginning with: 'route "cache": RESET is not supported ...'
+//     -ERR unknown command 'RESET (not supported by dbproxy route "cache": ...)', with args beginning with:
 //     and the session stays logged in with its state unchanged. Inside MULTI this error
 //     makes the server abort the transaction at EXEC.
 //

@@ -95,7 +95,7 @@ func expectedRewrite(c []string) []string {
 		}
 		return []string{"AUTH"}
 	case upperASCII(c[0]) == "RESET":
-		return []string{"dbproxy", `route "cache": RESET is not supported because it would log the session out; reconnect instead`}
+		return []string{`RESET (not supported by dbproxy route "cache": it would log the session out; reconnect instead)`}
 	case upperASCII(c[0]) == "HELLO":
 		out := append([]string(nil), c[:min(len(c), 2)]...)
 		for j := 2; j < len(c); j++ {
