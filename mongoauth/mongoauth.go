@@ -91,12 +91,11 @@ func Handshake(ctx context.Context, client, upstream net.Conn, creds credsource.
 		conn, reply, err = retryLogin(ctx, conn, hello, err, opts)
 	}
 	if err != nil {
-		err = handshake.ContextError(ctx, err)
 		// The client gets its error reply even when ctx ended the login.
 		stop()
 		client.SetWriteDeadline(time.Now().Add(errorReplyTimeout))
-		sendLoginError(client, hello, creds, opts.Route, err)
-		return Conns{}, err
+		sendLoginError(ctx, client, hello, creds, opts.Route, err)
+		return Conns{}, handshake.ContextError(ctx, err)
 	}
 
 	// Hello reply to the client, in the opcode family of its request.
@@ -216,14 +215,18 @@ func authenticate(conn *tls.Conn, creds credsource.Credentials, authDB string, h
 
 // sendLoginError replies to the client's hello with the error that ended the login: code 18 for
 // rejected credentials, code 6 (HostUnreachable) for any other upstream failure.
-func sendLoginError(client net.Conn, hello *command, creds credsource.Credentials, route string, err error) {
+func sendLoginError(ctx context.Context, client net.Conn, hello *command, creds credsource.Credentials, route string, err error) {
+	text := clientErrorText(ctx, err)
 	var doc bsoncore.Document
-	if errors.Is(err, ErrAuthFailed) {
+	switch {
+	case errors.Is(err, ErrAuthFailed):
 		doc = errorDocument(codeAuthenticationFailed, "AuthenticationFailed", fmt.Sprintf(
-			"route %q: the upstream server rejected the credentials stored for user %q (%v). Update the route's secret", route, creds.Username, err))
-	} else {
+			"route %q: the upstream server rejected the credentials stored for user %q (%s). Update the route's secret", route, creds.Username, text))
+	case ctx.Err() != nil:
+		doc = errorDocument(codeHostUnreachable, "HostUnreachable", fmt.Sprintf("route %q: %s", route, text))
+	default:
 		doc = errorDocument(codeHostUnreachable, "HostUnreachable", fmt.Sprintf(
-			"route %q: login to the upstream server failed: %v", route, err))
+			"route %q: login to the upstream server failed: %s", route, text))
 	}
 	// A write error here changes nothing: the caller closes the connection either way.
 	client.Write(replyTo(hello, doc))
