@@ -216,7 +216,7 @@ func authenticate(conn *tls.Conn, creds credsource.Credentials, authDB string, h
 // sendLoginError replies to the client's hello with the error that ended the login: code 18 for
 // rejected credentials, code 6 (HostUnreachable) for any other upstream failure.
 func sendLoginError(ctx context.Context, client net.Conn, hello *command, creds credsource.Credentials, route string, err error) {
-	text := clientErrorText(ctx, err)
+	text := handshake.ClientErrorText(ctx, err)
 	var doc bsoncore.Document
 	switch {
 	case errors.Is(err, ErrAuthFailed):

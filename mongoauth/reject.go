@@ -28,7 +28,7 @@ func Reject(ctx context.Context, client net.Conn, route string, cause error) err
 	if errors.Is(cause, ErrAuthFailed) || errors.Is(cause, credsource.ErrNotFound) {
 		code, codeName = codeAuthenticationFailed, "AuthenticationFailed"
 	}
-	message := fmt.Sprintf("route %q: the agent could not set up the session: %s", route, clientErrorText(context.Background(), cause))
+	message := fmt.Sprintf("route %q: the agent could not set up the session: %s", route, handshake.ClientErrorText(context.Background(), cause))
 	if err := sendHeaderError(client, msg, code, codeName, message); err != nil {
 		return handshake.ContextError(ctx, fmt.Errorf("write error reply to client: %w", err))
 	}

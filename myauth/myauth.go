@@ -112,7 +112,7 @@ func agentErrPacket(ctx context.Context, route string, cause error) []byte {
 		code = mysql.ER_CON_COUNT_ERROR // 1040, SQLSTATE 08004
 		state = "08004"
 	}
-	msg := fmt.Sprintf("dbproxy route %q: %s", route, clientErrorText(ctx, cause))
+	msg := fmt.Sprintf("dbproxy route %q: %s", route, handshake.ClientErrorText(ctx, cause))
 	return errPacket(code, state, msg, true)
 }
 

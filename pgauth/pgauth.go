@@ -175,7 +175,7 @@ func fail(ctx context.Context, client net.Conn, route string, err error, stopWat
 		writeFinal(ctx, client, serr.Reply, stopWatch)
 		return
 	}
-	msg := fmt.Sprintf("dbproxy route %q: %s", route, clientErrorText(ctx, err))
+	msg := fmt.Sprintf("dbproxy route %q: %s", route, handshake.ClientErrorText(ctx, err))
 	sendFatal(ctx, client, &pgproto3.ErrorResponse{Code: handshakeCode(err), Message: msg}, stopWatch)
 }
 

@@ -65,7 +65,7 @@ func Reject(ctx context.Context, client net.Conn, route string, cause error) err
 
 	msg := &pgproto3.ErrorResponse{
 		Code:    rejectCode(cause),
-		Message: fmt.Sprintf("dbproxy route %q: %s", route, clientErrorText(context.Background(), cause)),
+		Message: fmt.Sprintf("dbproxy route %q: %s", route, handshake.ClientErrorText(context.Background(), cause)),
 	}
 	if err := sendFatal(ctx, client, msg, stop); err != nil {
 		return fmt.Errorf("send error response: %w", err)

@@ -228,7 +228,7 @@ func errorReply(ctx context.Context, route string, err error) []byte {
 		code = rejected.Code
 		text = "upstream rejected the stored credentials: " + rejected.Text
 	case err != nil:
-		text = clientErrorText(ctx, err)
+		text = handshake.ClientErrorText(ctx, err)
 	}
 	msg := sanitize(fmt.Sprintf("%s dbproxy route %s: %s", code, strconv.Quote(route), text))
 	if len(msg) > maxErrorText {

@@ -1,4 +1,4 @@
-package pgauth
+package handshake
 
 import (
 	"context"
@@ -43,8 +43,8 @@ func TestClientErrorText(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := clientErrorText(tt.ctx, tt.err); got != tt.want {
-				t.Errorf("clientErrorText = %q, want %q", got, tt.want)
+			if got := ClientErrorText(tt.ctx, tt.err); got != tt.want {
+				t.Errorf("ClientErrorText = %q, want %q", got, tt.want)
 			}
 		})
 	}

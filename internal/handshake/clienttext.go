@@ -1,4 +1,4 @@
-package mongoauth
+package handshake
 
 import (
 	"context"
@@ -7,14 +7,11 @@ import (
 	"strings"
 )
 
-// NOTE: pgauth, myauth, mongoauth and redisauth hold identical copies of this file, which
-// belongs in internal/handshake so that the protocols cannot drift apart.
-
-// clientErrorText formats err for an error message sent to the client. A *net.OpError in err
+// ClientErrorText formats err for an error message sent to the client. A *net.OpError in err
 // loses its socket addresses ("read tcp 127.0.0.1:50516->127.0.0.1:41001: i/o timeout" becomes
 // "read: i/o timeout"); the returned error and the logs keep them. When ctx has ended, the
 // text states that the login timed out (or was canceled) and names the step that was waiting.
-func clientErrorText(ctx context.Context, err error) string {
+func ClientErrorText(ctx context.Context, err error) string {
 	text := err.Error()
 	socketErrorAt := -1 // where the text of the first *net.OpError starts
 	for _, opErr := range opErrors(err) {
