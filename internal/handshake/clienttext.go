@@ -9,7 +9,7 @@ import (
 
 // ClientErrorText formats err for an error message sent to the client. A *net.OpError in err
 // loses its socket addresses ("read tcp 127.0.0.1:50516->127.0.0.1:41001: i/o timeout" becomes
-// "read: i/o timeout"); the returned error and the logs keep them. When ctx has ended, the
+// "read: i/o timeout"). The returned error and the logs keep them. When ctx has ended, the
 // text states that the login timed out (or was canceled) and names the step that was waiting.
 func ClientErrorText(ctx context.Context, err error) string {
 	text := err.Error()
@@ -41,7 +41,7 @@ func ClientErrorText(ctx context.Context, err error) string {
 		return "login " + outcome + ": " + text
 	}
 	// The step is the text before the socket error, such as "upstream tls handshake", and
-	// the hint is what follows it, such as the TLS hint of handshake.StartTLS.
+	// the hint is what follows it, such as the TLS hint of StartTLS.
 	step := strings.TrimSuffix(text[:socketErrorAt], ": ")
 	rest := text[socketErrorAt:]
 	hint := ""
