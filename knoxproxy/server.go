@@ -240,6 +240,9 @@ func (s *Server) Update(routes []Route) error {
 	}
 
 	// Stop changed and removed routes first: a changed route may keep its port.
+	// NOTE: if the new listeners then fail to bind, the old routes are bound again but
+	// their closed sessions are not restored. Handing a kept port's listener over would
+	// avoid that.
 	var stopped []*routeServer
 	for name, rs := range old {
 		if !keep[name] {
