@@ -172,8 +172,10 @@ func (sess *session) run(ctx context.Context) {
 	defer cancel()
 
 	conns, outcome, err := sess.login(loginCtx)
-	if err != nil {
-		// A login cut short by a shutdown or reload is not a timeout or a client fault.
+	// A login cut short by a shutdown or reload is not a timeout or a client fault. Only an
+	// error caused by the cancellation or by abort's close counts: a login that failed on
+	// its own just before the shutdown keeps its outcome.
+	if err != nil && (errors.Is(err, context.Canceled) || errors.Is(err, net.ErrClosed)) {
 		if o, ok := sess.abortedOutcome(); ok {
 			outcome = o
 		} else if ctx.Err() != nil {
