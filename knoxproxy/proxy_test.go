@@ -195,6 +195,7 @@ type harnessOptions struct {
 	storedPassword  string
 	loginTimeout    time.Duration
 	maxConnections  int
+	maxLogins       int
 }
 
 func startHarness(t *testing.T, o harnessOptions) *harness {
@@ -224,6 +225,7 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		PeerChecker:     o.peer,
 		Logger:          slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		ShutdownTimeout: o.shutdownTimeout,
+		MaxLogins:       o.maxLogins,
 		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			dials.Add(1)
 			return d.DialContext(ctx, network, addr)
@@ -622,10 +624,47 @@ func TestMaxConnections(t *testing.T) {
 	for h.srv.Stats()[0].OpenSessions != 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
+	// The refused session and the first login release their slots as their goroutines
+	// move on, which may be a moment after the clients read their replies.
+	waitUntil(t, 5*time.Second, func() bool { return h.srv.logins.Load() == 0 },
+		func() string { return fmt.Sprintf("%d logins still counted", h.srv.logins.Load()) })
 	third := h.dial(t)
 	io.WriteString(third, "LOGIN\n")
 	if got := readLine(t, bufio.NewReader(third)); got != "WELCOME\n" {
 		t.Fatalf("third session: got %q, want WELCOME", got)
+	}
+}
+
+func TestMaxLogins(t *testing.T) {
+	h := startHarness(t, harnessOptions{maxLogins: 1})
+	// The first client holds the only login slot: its login waits for its first bytes.
+	first := h.dial(t)
+	waitUntil(t, 5*time.Second, func() bool {
+		return strings.Contains(h.logs.String(), `msg="session open"`)
+	}, func() string { return "no session open line:\n" + h.logs.String() })
+
+	second := h.dial(t)
+	io.WriteString(second, "LOGIN\n")
+	if got := readLine(t, bufio.NewReader(second)); !strings.Contains(got, "too many connections") {
+		t.Fatalf("second client during the first one's login: got %q, want a too-many-connections error", got)
+	}
+	if logs := h.logs.String(); !strings.Contains(logs, "reason=too_many_logins") {
+		t.Errorf("log lacks reason=too_many_logins:\n%s", logs)
+	}
+
+	// Once the first login is done, its slot is free although its session stays open.
+	io.WriteString(first, "LOGIN\n")
+	if got := readLine(t, bufio.NewReader(first)); got != "WELCOME\n" {
+		t.Fatalf("first client: got %q, want WELCOME", got)
+	}
+	// The refused session and the first login release their slots as their goroutines
+	// move on, which may be a moment after the clients read their replies.
+	waitUntil(t, 5*time.Second, func() bool { return h.srv.logins.Load() == 0 },
+		func() string { return fmt.Sprintf("%d logins still counted", h.srv.logins.Load()) })
+	third := h.dial(t)
+	io.WriteString(third, "LOGIN\n")
+	if got := readLine(t, bufio.NewReader(third)); got != "WELCOME\n" {
+		t.Fatalf("third client after the first login ended: got %q, want WELCOME", got)
 	}
 }
 

@@ -27,6 +27,11 @@ const (
 	DefaultShutdownTimeout = 30 * time.Second
 )
 
+// DefaultMaxLogins is Config.MaxLogins when it is zero. It lets a connection pool open a
+// thousand connections at once, while connections that never finish their login hold at
+// most about 4,096 descriptors (the client's and, once dialed, the upstream's).
+const DefaultMaxLogins = 2048
+
 // Route is one local listener and the upstream database it leads to.
 type Route struct {
 	// Name identifies the route in logs, errors and metrics. Required and unique.

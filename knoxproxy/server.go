@@ -44,6 +44,11 @@ type Config struct {
 	// ShutdownTimeout is how long live sessions may run after the context given to Serve
 	// ends. Zero means DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
+	// MaxLogins is the most sessions, across all routes, that may be in their login phase
+	// (from accept to the start of the splice) at once. A connection beyond it gets its
+	// protocol's too-many-connections error, as over a route's MaxConnections. Zero means
+	// DefaultMaxLogins.
+	MaxLogins int
 	// Dial connects to an upstream. Nil means a net.Dialer. Tests replace it.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 }
@@ -59,6 +64,9 @@ type Server struct {
 	// serveCtx is Serve's context, set once the routes are bound; Update needs it to start
 	// accept loops.
 	serveCtx context.Context
+
+	// logins counts the sessions in their login phase, against cfg.MaxLogins.
+	logins atomic.Int64
 
 	mu       sync.Mutex
 	routes   map[string]*routeServer
@@ -83,6 +91,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if cfg.MaxLogins <= 0 {
+		cfg.MaxLogins = DefaultMaxLogins
 	}
 	if cfg.Dial == nil {
 		var d net.Dialer

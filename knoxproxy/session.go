@@ -47,10 +47,12 @@ const (
 	// unknownUID is what the session logs (as -1) when the peer could not be identified.
 	unknownUID         = ^uint32(0)
 	refusalLogInterval = time.Second
-	// overLimitTimeout bounds how long a connection over max_connections may take to send
+	// overLimitTimeout bounds how long a connection over a limit may take to send
 	// the opening message that its protocol's error reply must follow. A client on
 	// loopback sends it at once.
 	overLimitTimeout = 2 * time.Second
+	// reasonTooManyLogins is the refusal reason when Config.MaxLogins is reached.
+	reasonTooManyLogins = "too_many_logins"
 )
 
 // session is one accepted client connection.
@@ -148,13 +150,21 @@ func (sess *session) run(ctx context.Context) {
 	}
 	sess.log = sess.log.With(peerAttrs(peer)...)
 
-	// Beyond the route's limit, tell the client in its protocol and close. The client gets
-	// a short time to send its opening message, so that connections that send nothing
-	// cannot hold descriptors over the limit for the whole login timeout.
-	if r.MaxConnections > 0 && sess.rs.active.Load() > int64(r.MaxConnections) {
-		sess.rs.refusals.log(sess.log, outcomeTooMany, "connection limit reached",
-			"reason", outcomeTooMany, "max_connections", r.MaxConnections)
-		sess.srv.cfg.Observer.PeerRejected(r.Name, outcomeTooMany)
+	// Beyond the route's limit, or the agent's limit on logins in progress, tell the client
+	// in its protocol and close. The client gets a short time to send its opening message,
+	// so that connections that send nothing cannot hold descriptors over the limit for the
+	// whole login timeout.
+	logins := sess.srv.logins.Add(1)
+	loginDone := sync.OnceFunc(func() { sess.srv.logins.Add(-1) })
+	defer loginDone()
+	overRoute := r.MaxConnections > 0 && sess.rs.active.Load() > int64(r.MaxConnections)
+	if overRoute || logins > int64(sess.srv.cfg.MaxLogins) {
+		reason, limit := outcomeTooMany, []any{"max_connections", r.MaxConnections}
+		if !overRoute {
+			reason, limit = reasonTooManyLogins, []any{"max_logins", sess.srv.cfg.MaxLogins}
+		}
+		sess.rs.refusals.log(sess.log, reason, "connection limit reached", append([]any{"reason", reason}, limit...)...)
+		sess.srv.cfg.Observer.PeerRejected(r.Name, reason)
 		rejectCtx, cancel := context.WithTimeout(ctx, min(r.loginTimeout(), overLimitTimeout))
 		defer cancel()
 		client := handshake.NewBufferedConn(sess.conn, sniffBufferSize)
@@ -172,6 +182,7 @@ func (sess *session) run(ctx context.Context) {
 	defer cancel()
 
 	conns, outcome, err := sess.login(loginCtx)
+	loginDone()
 	// A login cut short by a shutdown or reload is not a timeout or a client fault. Only an
 	// error caused by the cancellation or by abort's close counts: a login that failed on
 	// its own just before the shutdown keeps its outcome.

@@ -323,6 +323,7 @@ func TestConfigErrors(t *testing.T) {
 		{"typo names the section", route("    upstream_prot: 5\n"), "field upstream_prot not found in a route"},
 		{"missing ca file", route("    tls: {ca_file: nope.pem}\n"), `route "orders": tls.ca_file`},
 		{"missing socket directory", route("    unix_socket: /nonexistent-dir/s.sock\n"), "directory /nonexistent-dir does not exist"},
+		{"negative max_logins", "max_logins: -1\n" + route(""), "max_logins: -1 is negative"},
 		{"two routes on one port", route("    local_port: 7001\n") + "  - name: billing\n    protocol: redis\n" +
 			"    upstream_host: db\n    upstream_port: 6379\n    committed_secret_id: s\n    local_port: 7001\n",
 			`route "billing": local_port: 127.0.0.1 port 7001 is already the listener of route "orders"`},

@@ -26,6 +26,9 @@ type fileConfig struct {
 	// ShutdownDelay is how long the agent keeps accepting after SIGTERM while /readyz
 	// already returns 503, so a load balancer or orchestrator stops sending new clients.
 	ShutdownDelay duration `yaml:"shutdown_delay"`
+	// MaxLogins is the most sessions in their login phase at once, across routes; zero
+	// means knoxproxy.DefaultMaxLogins.
+	MaxLogins int `yaml:"max_logins"`
 	// AdminAddress is the loopback host:port of the admin listener; empty means none.
 	AdminAddress string `yaml:"admin_address"`
 	// ConfigCheckInterval is how often the agent checks the configuration file for changes;
@@ -132,6 +135,7 @@ type agentConfig struct {
 	warnings        []string
 	cacheTTL        time.Duration
 	shutdownTimeout time.Duration
+	maxLogins       int
 	shutdownDelay   time.Duration
 	adminAddress    string
 	checkInterval   time.Duration
@@ -165,6 +169,7 @@ func loadConfig(path string) (*agentConfig, error) {
 	cfg := &agentConfig{
 		cacheTTL:        time.Duration(fc.Credentials.CacheTTL),
 		shutdownTimeout: time.Duration(fc.ShutdownTimeout),
+		maxLogins:       fc.MaxLogins,
 		shutdownDelay:   time.Duration(fc.ShutdownDelay),
 		adminAddress:    fc.AdminAddress,
 		checkInterval:   time.Duration(fc.ConfigCheckInterval),
@@ -172,6 +177,9 @@ func loadConfig(path string) (*agentConfig, error) {
 	}
 	if cfg.checkInterval == 0 {
 		cfg.checkInterval = defaultConfigCheckInterval
+	}
+	if cfg.maxLogins < 0 {
+		return nil, fmt.Errorf("config: max_logins: %d is negative (0 means the default, %d)", cfg.maxLogins, knoxproxy.DefaultMaxLogins)
 	}
 	if cfg.adminAddress != "" {
 		if err := checkAdminAddress(cfg.adminAddress); err != nil {

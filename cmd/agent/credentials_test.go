@@ -32,3 +32,23 @@ func TestSecretsFileLogsToAgentLog(t *testing.T) {
 		t.Errorf("the secrets file source logs to %v, want the agent's logger", f.Logger)
 	}
 }
+
+func TestConfigMaxLogins(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "secrets.yaml"), []byte("secrets:\n  s: {username: u, password: p}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "agent.yaml")
+	config := "credentials: {source: file, path: secrets.yaml}\nmax_logins: 7\nroutes:\n" +
+		"  - {name: orders, protocol: postgres, upstream_host: db, upstream_port: 5432, committed_secret_id: s}\n"
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.maxLogins != 7 {
+		t.Errorf("maxLogins = %d, want 7", cfg.maxLogins)
+	}
+}

@@ -48,6 +48,7 @@ func serve(ctx context.Context, path string, cfg *agentConfig, log *slog.Logger)
 		Logger:          log,
 		Observer:        obs,
 		ShutdownTimeout: cfg.shutdownTimeout,
+		MaxLogins:       cfg.maxLogins,
 	})
 	if err != nil {
 		return usagef("config: %v", err)
@@ -218,12 +219,14 @@ func (d *daemon) reload(ctx context.Context, trigger string) {
 		{"admin_address", cfg.adminAddress != old.adminAddress, old.adminAddress, cfg.adminAddress},
 		{"shutdown_timeout", cfg.shutdownTimeout != old.shutdownTimeout, old.shutdownTimeout, cfg.shutdownTimeout},
 		{"config_check_interval", cfg.checkInterval != old.checkInterval, old.checkInterval, cfg.checkInterval},
+		{"max_logins", cfg.maxLogins != old.maxLogins, old.maxLogins, cfg.maxLogins},
 	} {
 		if s.changed {
 			log.Warn("setting changed: restart the agent to apply it", "setting", s.name, "running", s.old, "new", s.new)
 		}
 	}
 	cfg.adminAddress, cfg.shutdownTimeout, cfg.checkInterval = old.adminAddress, old.shutdownTimeout, old.checkInterval
+	cfg.maxLogins = old.maxLogins
 	d.cfg = cfg
 	d.ready.setRoutes(cfg.routes)
 	d.secrets.stop()
