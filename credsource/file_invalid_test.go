@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/knoxcall/dbproxy/internal/dbtest"
 )
 
 // fetchResult is the expected outcome of fetching one id: a password, or an error that
@@ -249,7 +251,7 @@ func TestFileInvalidChanges(t *testing.T) {
 			src := &File{Path: path, CheckInterval: time.Second, Now: clock.Now, Logger: slog.New(logs)}
 
 			for i, change := range tt.changes {
-				replaceFile(t, path, change.data)
+				dbtest.ReplaceFile(t, path, change.data)
 				clock.Advance(time.Second)
 				logs.reset()
 
@@ -341,7 +343,7 @@ func TestFileCheckAfterInvalidChange(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			replaceFile(t, path, tt.data)
+			dbtest.ReplaceFile(t, path, tt.data)
 			err := src.Check()
 			if err == nil {
 				t.Fatal("Check succeeded, want an error")
@@ -374,19 +376,6 @@ func TestFileRemovedAfterValidRead(t *testing.T) {
 	}
 	if got := logs.count(slog.LevelError); got != 1 {
 		t.Errorf("%d error log lines after removal, want 1:\n%s", got, logs.text())
-	}
-}
-
-// replaceFile writes data to path through a rename, as deployment tools do, which gives the
-// file a new inode even when its size and modification time stay the same.
-func replaceFile(t *testing.T, path, data string) {
-	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(data), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
 	}
 }
 

@@ -26,8 +26,8 @@ type fileConfig struct {
 	// ShutdownDelay is how long the agent keeps accepting after SIGTERM while /readyz
 	// already returns 503, so a load balancer or orchestrator stops sending new clients.
 	ShutdownDelay duration `yaml:"shutdown_delay"`
-	// MaxLogins is the most sessions in their login phase at once, across routes; zero
-	// means knoxproxy.DefaultMaxLogins.
+	// MaxLogins is the max number of sessions in their login phase at once, across routes.
+	// Zero means knoxproxy.DefaultMaxLogins.
 	MaxLogins int `yaml:"max_logins"`
 	// AdminAddress is the loopback host:port of the admin listener; empty means none.
 	AdminAddress string `yaml:"admin_address"`
@@ -225,16 +225,17 @@ func loadConfig(path string) (*agentConfig, error) {
 		if rc.UnixSocketMode != nil {
 			r.UnixSocketMode = os.FileMode(*rc.UnixSocketMode)
 		}
-		if err := r.Validate(); err != nil {
-			return nil, fmt.Errorf("config: %w", err)
-		}
-		if err := r.CheckFiles(); err != nil {
-			return nil, fmt.Errorf("config: %w", err)
-		}
 		cfg.routes = append(cfg.routes, r)
 	}
+
+	// Check the fields and conflicts of every route before touching any file.
 	if err := knoxproxy.ValidateRoutes(cfg.routes); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
+	}
+	for i := range cfg.routes {
+		if err := cfg.routes[i].CheckFiles(); err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
 	}
 	return cfg, nil
 }

@@ -31,10 +31,10 @@ func runConfig(t *testing.T, config, secrets string) (*agent, string) {
 	dir := t.TempDir()
 	a := &agent{logs: &dbtest.LogBuffer{}, done: make(chan error, 1), secrets: filepath.Join(dir, "secrets.yaml")}
 	if secrets != "" {
-		writeFileAtomic(t, a.secrets, secrets)
+		dbtest.ReplaceFile(t, a.secrets, secrets)
 	}
 	path := filepath.Join(dir, "agent.yaml")
-	writeFileAtomic(t, path, config)
+	dbtest.ReplaceFile(t, path, config)
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
 	go func() {
@@ -47,17 +47,6 @@ func runConfig(t *testing.T, config, secrets string) (*agent, string) {
 		}
 	})
 	return a, path
-}
-
-func writeFileAtomic(t *testing.T, path, data string) {
-	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(data), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // waitListening waits until port accepts TCP connections, or fails the test.
@@ -323,7 +312,7 @@ func TestReloadAddsAndRemovesRoutesUnderTraffic(t *testing.T) {
 	}()
 
 	// Add route b: a's session is not touched.
-	writeFileAtomic(t, path, head+pgRoute("a", portA, pg, "sec_orders", "")+pgRoute("b", portB, pg, "sec_orders", ""))
+	dbtest.ReplaceFile(t, path, head+pgRoute("a", portA, pg, "sec_orders", "")+pgRoute("b", portB, pg, "sec_orders", ""))
 	waitListening(t, a, portB)
 	connB := pgConnect(t, portB)
 	if n, err := queryInt(connB, "select 2"); err != nil || n != 2 {
@@ -331,7 +320,7 @@ func TestReloadAddsAndRemovesRoutesUnderTraffic(t *testing.T) {
 	}
 
 	// An invalid config keeps both routes.
-	writeFileAtomic(t, path, head+"  - {name: broken, protocol: oracle}\n")
+	dbtest.ReplaceFile(t, path, head+"  - {name: broken, protocol: oracle}\n")
 	waitLog(t, a.logs, "reload failed: keeping the running configuration", 5*time.Second)
 	if n, err := queryInt(connB, "select 3"); err != nil || n != 3 {
 		t.Fatalf("query through route b after an invalid reload = %d, %v", n, err)
@@ -346,7 +335,7 @@ func TestReloadAddsAndRemovesRoutesUnderTraffic(t *testing.T) {
 	}
 
 	// Remove route a: its live session is closed and its port stops accepting.
-	writeFileAtomic(t, path, head+pgRoute("b", portB, pg, "sec_orders", ""))
+	dbtest.ReplaceFile(t, path, head+pgRoute("b", portB, pg, "sec_orders", ""))
 	waitLog(t, a.logs, `msg="route removed" route=a`, 5*time.Second)
 	if _, err := queryInt(connA, "select 1"); err == nil {
 		t.Error("query on the removed route's session succeeded, want it closed")
@@ -576,10 +565,10 @@ func checkOutputArgs(t *testing.T, config, secrets string, args ...string) (err 
 	t.Helper()
 	dir := t.TempDir()
 	if secrets != "" {
-		writeFileAtomic(t, filepath.Join(dir, "secrets.yaml"), secrets)
+		dbtest.ReplaceFile(t, filepath.Join(dir, "secrets.yaml"), secrets)
 	}
 	path := filepath.Join(dir, "agent.yaml")
-	writeFileAtomic(t, path, config)
+	dbtest.ReplaceFile(t, path, config)
 	var out, errOut bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -702,7 +691,7 @@ func TestReadyzFollowsMissingSecret(t *testing.T) {
 		t.Errorf("readyz body %q lacks the next step %q", body, want)
 	}
 
-	writeFileAtomic(t, a.secrets, fmt.Sprintf("secrets:\n  sec_orders: {username: app, password: %q}\n", canary))
+	dbtest.ReplaceFile(t, a.secrets, fmt.Sprintf("secrets:\n  sec_orders: {username: app, password: %q}\n", canary))
 	deadline := time.Now().Add(2*credentialRetryInterval + fetchTimeout)
 	for {
 		code, body = httpGet(t, readyz)

@@ -38,9 +38,9 @@ type agentProcess struct {
 func startAgentProcess(t *testing.T, bin, config string) (*agentProcess, string) {
 	t.Helper()
 	dir := t.TempDir()
-	writeFileAtomic(t, filepath.Join(dir, "secrets.yaml"), fmt.Sprintf("secrets:\n  sec_orders: {username: app, password: %q}\n", canary))
+	dbtest.ReplaceFile(t, filepath.Join(dir, "secrets.yaml"), fmt.Sprintf("secrets:\n  sec_orders: {username: app, password: %q}\n", canary))
 	path := filepath.Join(dir, "agent.yaml")
-	writeFileAtomic(t, path, config)
+	dbtest.ReplaceFile(t, path, config)
 	logs := &dbtest.LogBuffer{}
 	cmd := exec.Command(bin, "-config", path)
 	cmd.Stdout, cmd.Stderr = logs, logs
@@ -200,7 +200,7 @@ func TestSIGHUPReloads(t *testing.T) {
 	cmd, logs := p.cmd, p.logs
 	waitListening(t, &agent{logs: logs, done: make(chan error)}, portA)
 
-	writeFileAtomic(t, path, head+pgRoute("a", portA, pg, "sec_orders", "")+pgRoute("b", portB, pg, "sec_orders", ""))
+	dbtest.ReplaceFile(t, path, head+pgRoute("a", portA, pg, "sec_orders", "")+pgRoute("b", portB, pg, "sec_orders", ""))
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
