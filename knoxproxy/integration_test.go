@@ -302,11 +302,11 @@ func TestSilentClientOverLimitClosed(t *testing.T) {
 	route.LoginTimeout = time.Minute
 	r := serve(t, route, credsource.Credentials{Username: "app", Password: canary})
 	ctx := context.Background()
-	held, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb sslmode=disable", r.port()))
+	first, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb sslmode=disable", r.port()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer held.Close(ctx)
+	defer first.Close(ctx)
 
 	silent, err := net.Dial("tcp", r.srv.Addr("it").String())
 	if err != nil {
@@ -323,7 +323,7 @@ func TestSilentClientOverLimitClosed(t *testing.T) {
 		t.Errorf("silent connection closed after %v, want about 2s", waited)
 	}
 	if logs := r.logs.String(); strings.Count(logs, `msg="session open"`) != 1 {
-		t.Errorf("want one session open line, for the held session:\n%s", logs)
+		t.Errorf("want one session open line, for the first session:\n%s", logs)
 	}
 }
 

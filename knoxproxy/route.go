@@ -90,7 +90,7 @@ type TLS struct {
 }
 
 // ErrNotLoopback is returned (wrapped) for a route whose listen address is not loopback.
-var ErrNotLoopback = errors.New("listen address is not loopback; use 127.0.0.1 or ::1")
+var ErrNotLoopback = errors.New("listen address is not loopback (use 127.0.0.1 or ::1)")
 
 // portRanges are the ports tried, in order, when a route has no LocalPort.
 var portRanges = map[string][2]int{

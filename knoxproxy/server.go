@@ -138,7 +138,7 @@ func ValidateRoutes(routes []Route) error {
 		if r.LocalPort != 0 {
 			key := listenKey{cmp.Or(r.ListenAddress, "127.0.0.1"), r.LocalPort}
 			if other, ok := listens[key]; ok {
-				return fmt.Errorf("route %q: local_port: %s port %d is already the listener of route %q; give each route its own port",
+				return fmt.Errorf("route %q: local_port: %s port %d is already the listener of route %q (give each route its own port)",
 					r.Name, key.addr, key.port, other)
 			}
 			listens[key] = r.Name

@@ -20,10 +20,11 @@ var httpMethods = [][]byte{
 // reason when they are an HTTP request line or a TLS handshake record, and "" otherwise.
 //
 // For Redis, whose inline commands are plain words, an HTTP method only counts when the next
-// token looks like a request target ("/" or "http"), since "GET key" is a valid command. A
-// Redis client never starts with a zero byte, while PostgreSQL's first message (a length
-// below 2^24) does: without this check, psql pointed at a Redis route would wait forever,
-// because Redis waits for the end of what it takes for an inline command.
+// token looks like a request target ("/" or "http"), since "GET key" is a valid command.
+//
+// A Redis client never starts with a zero byte, while PostgreSQL's first message does,
+// because it starts with a length below 2^24. Redis would read those bytes as the start of
+// an inline command and wait for its end, so psql pointed at a Redis route would hang.
 func sniff(r *bufio.Reader, redisInline bool) (string, error) {
 	first, err := r.Peek(1)
 	if err != nil {

@@ -137,8 +137,8 @@ func WatchContext(ctx context.Context, conns ...net.Conn) (stop func() bool) {
 	}
 }
 
-// tlsHint suggests a cause for a TLS handshake that ended without a TLS error: a server
-// that closed the connection or never answered usually does not speak TLS on that port.
+// tlsHint suggests a cause for a TLS handshake that ended without a TLS error. A server
+// that closed the connection or sent nothing usually does not speak TLS on that port.
 func tlsHint(ctx context.Context, err error) string {
 	switch {
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET):

@@ -14,8 +14,8 @@ import (
 )
 
 // TestStartTLSHints checks the cause that StartTLS suggests when the server does not speak
-// TLS: one that closes the connection, one that never answers, and a login cancelled
-// for another reason, which gets no hint.
+// TLS: one that closes the connection and one that sends nothing. A login cancelled for
+// another reason gets no hint.
 func TestStartTLSHints(t *testing.T) {
 	const (
 		closedHint = "the server closed the connection: check that the upstream port has TLS enabled"
@@ -36,7 +36,7 @@ func TestStartTLSHints(t *testing.T) {
 			want: closedHint,
 		},
 		{
-			name:   "server never answers",
+			name:   "server sends nothing",
 			handle: func(c net.Conn) { io.Copy(io.Discard, c) },
 			ctx: func() (context.Context, context.CancelFunc) {
 				return context.WithTimeout(context.Background(), 200*time.Millisecond)

@@ -62,8 +62,9 @@ func selfSignedTLS(b *testing.B) (server, client *tls.Config) {
 
 // BenchmarkRoundTrip sends a request through Run and waits for the echoed reply, as a
 // client does with one query at a time. With -benchmem it shows whether the splice
-// allocates per message; ns/op is the latency of one round trip through two extra hops, and
-// cpu-µs/op the CPU time of the whole process (client, splice and echo server) per round trip.
+// allocates per message. ns/op is the latency of one round trip through two extra hops, and
+// cpu-µs/op is the CPU time of the whole process (client, splice and echo server) per round
+// trip.
 func BenchmarkRoundTrip(b *testing.B) {
 	for _, size := range []int{64, 1024, 16 << 10} {
 		for _, withTLS := range []bool{false, true} {
