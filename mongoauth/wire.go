@@ -135,6 +135,14 @@ func (cmd *command) parseMsg(rest []byte) error {
 			}
 			cmd.body, rest = doc, remaining
 		case wiremessage.DocumentSequence:
+			// The driver's reader panics on a length of 2^31 or more, because its
+			// int32 arithmetic wraps, so the length is checked here first.
+			if len(after) < 4 {
+				return errors.New("OP_MSG: malformed document sequence")
+			}
+			if n := binary.LittleEndian.Uint32(after); n < 4 || uint64(n) > uint64(len(after)) {
+				return errors.New("OP_MSG: malformed document sequence")
+			}
 			_, _, remaining, ok := wiremessage.ReadMsgSectionRawDocumentSequence(after)
 			if !ok {
 				return errors.New("OP_MSG: malformed document sequence")
