@@ -32,6 +32,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/packet"
 	"github.com/jackc/pgx/v5"
 	"go.mongodb.org/mongo-driver/x/bsonx/bsoncore"
 
@@ -195,8 +197,12 @@ type faultProtocol struct {
 	name string
 	// opening is what the client sends first; nil when the server speaks first (MySQL).
 	opening []byte
-	// startTLS reads the agent's bytes that precede TLS and answers them. It is nil for
-	// MySQL, whose fake would need a full greeting.
+	// respondToGreeting, set when the server speaks first, reads the agent's greeting from
+	// r and sends the client's login packet to c. It returns whether it read a greeting.
+	// Anything other than a greeting, such as an ERR in its place, stays unread in r.
+	respondToGreeting func(r *bufio.Reader, c net.Conn) (greeted bool, err error)
+	// startTLS plays the upstream up to the start of TLS: it sends what the server sends
+	// first, then reads the agent's bytes that precede TLS and replies to them.
 	startTLS func(c net.Conn) error
 }
 
@@ -204,7 +210,7 @@ var faultProtocols = []faultProtocol{
 	{name: "postgres", opening: pgStartup("someone", "appdb"), startTLS: pgAcceptSSLRequest},
 	{name: "redis", opening: []byte("PING\r\n"), startTLS: func(net.Conn) error { return nil }},
 	{name: "mongodb", opening: mongoHello(1), startTLS: func(net.Conn) error { return nil }},
-	{name: "mysql"},
+	{name: "mysql", respondToGreeting: mysqlRespondToGreeting, startTLS: mysqlAcceptSSLRequest},
 }
 
 // pgStartup encodes a protocol 3.0 StartupMessage.
@@ -242,15 +248,103 @@ func mongoHello(requestID int32) []byte {
 	return msg
 }
 
+// mysqlFaultCapabilities are the capabilities in the fake MySQL upstream's greeting. The
+// agent requires CLIENT_SSL and CLIENT_PROTOCOL_41.
+const mysqlFaultCapabilities = mysql.CLIENT_LONG_PASSWORD | mysql.CLIENT_PROTOCOL_41 |
+	mysql.CLIENT_SSL | mysql.CLIENT_SECURE_CONNECTION | mysql.CLIENT_PLUGIN_AUTH
+
+// Lengths in the MySQL login packets.
+const (
+	mysqlHeaderLen     = 4  // 3-byte payload length and 1-byte sequence id
+	mysqlScrambleLen   = 20 // auth-plugin-data that MySQL and MariaDB servers send
+	mysqlSSLRequestLen = 32 // capabilities, max packet size, character set, 23 reserved bytes
+)
+
+// mysqlGreeting encodes a Handshake v10 payload offering mysqlFaultCapabilities and the
+// mysql_native_password plugin, after room for the header that packet.Conn.WritePacket
+// fills in.
+func mysqlGreeting() []byte {
+	caps := mysqlFaultCapabilities
+	scramble := mysql.RandomBuf(mysqlScrambleLen) // printable bytes, so no NUL inside
+	p := make([]byte, mysqlHeaderLen, 128)
+	p = append(p, mysql.ClassicProtocolVersion)
+	p = append(p, "8.0.36-fault"...)
+	p = append(p, 0)
+	p = binary.LittleEndian.AppendUint32(p, 1) // connection id
+	p = append(p, scramble[:8]...)
+	p = append(p, 0) // filler
+	p = binary.LittleEndian.AppendUint16(p, uint16(caps))
+	p = append(p, mysql.DEFAULT_COLLATION_ID)
+	p = binary.LittleEndian.AppendUint16(p, mysql.SERVER_STATUS_AUTOCOMMIT)
+	p = binary.LittleEndian.AppendUint16(p, uint16(caps>>16))
+	p = append(p, mysqlScrambleLen+1)  // auth-plugin-data length, with the NUL
+	p = append(p, make([]byte, 10)...) // reserved
+	p = append(p, scramble[8:]...)
+	p = append(p, 0)
+	p = append(p, mysql.AUTH_NATIVE_PASSWORD...)
+	return append(p, 0)
+}
+
+// mysqlAcceptSSLRequest sends a Handshake v10 greeting and reads the agent's SSLRequest,
+// the 32-byte HandshakeResponse41 prefix with CLIENT_SSL set, sent as sequence id 1.
+func mysqlAcceptSSLRequest(c net.Conn) error {
+	// NewTLSConn reads without a buffer of its own, so the TLS ClientHello that follows the
+	// SSLRequest stays unread in c. It also checks the sequence ids.
+	pc := packet.NewTLSConn(c)
+	if err := pc.WritePacket(mysqlGreeting()); err != nil {
+		return err
+	}
+	req, err := pc.ReadPacket()
+	if err != nil {
+		return fmt.Errorf("read SSLRequest: %w", err)
+	}
+	if len(req) != mysqlSSLRequestLen || binary.LittleEndian.Uint32(req)&mysql.CLIENT_SSL == 0 {
+		return fmt.Errorf("got %x, want an SSLRequest", req)
+	}
+	return nil
+}
+
+// mysqlRespondToGreeting reads a Handshake v10 greeting from r and sends c a minimal
+// HandshakeResponse41 (sequence id 1): user name, empty auth response, no plugin name.
+func mysqlRespondToGreeting(r *bufio.Reader, c net.Conn) (bool, error) {
+	start, err := r.Peek(mysqlHeaderLen + 1)
+	if err != nil || start[mysqlHeaderLen] != mysql.ClassicProtocolVersion {
+		return false, nil // not a greeting: openRaw returns the ERR or the read error
+	}
+	n := int(start[0]) | int(start[1])<<8 | int(start[2])<<16
+	if _, err := r.Discard(mysqlHeaderLen + n); err != nil {
+		return false, fmt.Errorf("read greeting: %w", err)
+	}
+
+	p := make([]byte, mysqlHeaderLen, 64)
+	caps := mysql.CLIENT_LONG_PASSWORD | mysql.CLIENT_PROTOCOL_41 | mysql.CLIENT_SECURE_CONNECTION
+	p = binary.LittleEndian.AppendUint32(p, caps)
+	p = binary.LittleEndian.AppendUint32(p, uint32(mysql.MaxPayloadLen)) // max packet size
+	p = append(p, mysql.DEFAULT_COLLATION_ID)
+	p = append(p, make([]byte, 23)...) // reserved
+	p = append(p, "someone"...)
+	p = append(p, 0)
+	p = append(p, 0) // auth response length
+	pc := packet.NewTLSConn(c)
+	pc.Sequence = 1
+	if err := pc.WritePacket(p); err != nil {
+		return false, fmt.Errorf("send HandshakeResponse41: %w", err)
+	}
+	return true, nil
+}
+
 // clientResult is what a raw client got from the agent before the connection ended.
 type clientResult struct {
 	reply   []byte
 	elapsed time.Duration
 	err     error // a read error other than EOF, such as the test's own deadline
+	// greeted is set when the client responded to a server greeting, so reply does not
+	// contain the greeting.
+	greeted bool
 }
 
-// openRaw connects to addr, sends the protocol's opening bytes and reads until the agent
-// closes the connection or limit passes.
+// openRaw connects to addr, sends the protocol's opening bytes or responds to its greeting,
+// and reads until the agent closes the connection or limit passes.
 func openRaw(t *testing.T, addr string, p faultProtocol, limit time.Duration) clientResult {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
@@ -265,8 +359,15 @@ func openRaw(t *testing.T, addr string, p faultProtocol, limit time.Duration) cl
 			t.Fatalf("send opening bytes: %v", err)
 		}
 	}
-	reply, err := io.ReadAll(c)
-	return clientResult{reply: reply, elapsed: time.Since(start), err: err}
+	r := bufio.NewReader(c)
+	greeted := false
+	if p.respondToGreeting != nil {
+		if greeted, err = p.respondToGreeting(r, c); err != nil {
+			t.Fatalf("respond to the greeting: %v", err)
+		}
+	}
+	reply, err := io.ReadAll(r)
+	return clientResult{reply: reply, elapsed: time.Since(start), err: err, greeted: greeted}
 }
 
 // checkNamedError fails the test unless res is a protocol error naming the route that
@@ -289,8 +390,29 @@ func checkNamedError(t *testing.T, p faultProtocol, res clientResult, limit time
 	if wantFirst != 0 && len(res.reply) > 0 && res.reply[0] != wantFirst {
 		t.Errorf("reply starts with %q, want %q", res.reply[0], wantFirst)
 	}
-	if p.name == "mysql" && (len(res.reply) < 5 || res.reply[4] != 0xff) {
+	if p.name == "mysql" {
+		checkMySQLErr(t, res)
+	}
+}
+
+// checkMySQLErr fails the test unless res.reply is one ERR packet whose sequence id follows
+// the client's last packet: 0 in place of the greeting, or 2 after HandshakeResponse41.
+func checkMySQLErr(t *testing.T, res clientResult) {
+	t.Helper()
+	if len(res.reply) < mysqlHeaderLen+1 || res.reply[mysqlHeaderLen] != mysql.ERR_HEADER {
 		t.Errorf("reply %q is not a MySQL ERR packet", res.reply)
+		return
+	}
+	n := int(res.reply[0]) | int(res.reply[1])<<8 | int(res.reply[2])<<16
+	if got := len(res.reply) - mysqlHeaderLen; got != n {
+		t.Errorf("reply has %d bytes after the header, want one packet of %d", got, n)
+	}
+	wantSeq := byte(0)
+	if res.greeted {
+		wantSeq = 2
+	}
+	if got := res.reply[3]; got != wantSeq {
+		t.Errorf("ERR has sequence id %d, want %d", got, wantSeq)
 	}
 }
 
@@ -333,7 +455,6 @@ func TestFaultUpstreamClosesMidHandshake(t *testing.T) {
 	type stage struct {
 		name   string
 		script func(p faultProtocol, cert tls.Certificate, c net.Conn)
-		tls    bool // the stage needs the fake to run TLS
 	}
 	stages := []stage{
 		{name: "before tls", script: func(p faultProtocol, _ tls.Certificate, c net.Conn) {
@@ -341,7 +462,7 @@ func TestFaultUpstreamClosesMidHandshake(t *testing.T) {
 				c.Read(make([]byte, 1))
 			}
 		}},
-		{name: "after tls", tls: true, script: func(p faultProtocol, cert tls.Certificate, c net.Conn) {
+		{name: "after tls", script: func(p faultProtocol, cert tls.Certificate, c net.Conn) {
 			if p.startTLS(c) != nil {
 				return
 			}
@@ -352,7 +473,7 @@ func TestFaultUpstreamClosesMidHandshake(t *testing.T) {
 			tc.Read(make([]byte, 1))
 			tc.Close()
 		}},
-		{name: "half a reply", tls: true, script: func(p faultProtocol, cert tls.Certificate, c net.Conn) {
+		{name: "half a reply", script: func(p faultProtocol, cert tls.Certificate, c net.Conn) {
 			if p.startTLS(c) != nil {
 				return
 			}
@@ -365,6 +486,7 @@ func TestFaultUpstreamClosesMidHandshake(t *testing.T) {
 				"postgres": {'R', 0, 0, 0, 12, 0, 0},          // AuthenticationSASL cut short
 				"redis":    []byte("+O"),                      // +OK without its CRLF
 				"mongodb":  {0x40, 0, 0, 0, 1, 0, 0, 0, 1, 0}, // a 64-byte header cut short
+				"mysql":    {7, 0, 0, 3, mysql.OK_HEADER},     // a 7-byte OK packet cut short
 			}[p.name]
 			tc.Write(half)
 			tc.Close()
@@ -372,9 +494,6 @@ func TestFaultUpstreamClosesMidHandshake(t *testing.T) {
 	}
 	for _, p := range faultProtocols {
 		for _, st := range stages {
-			if st.tls && p.startTLS == nil {
-				continue
-			}
 			t.Run(p.name+"/"+st.name, func(t *testing.T) {
 				certs := dbtest.NewCerts(t, t.TempDir())
 				cert, err := tls.LoadX509KeyPair(certs.ServerCert, certs.ServerKey)
@@ -405,11 +524,12 @@ func TestFaultUpstreamOversizedReply(t *testing.T) {
 		"redis": append([]byte("+"), bytes.Repeat([]byte("x"), 64<<10)...),
 		// A 16-byte header announcing 48000001 bytes, one more than maxMessageSizeBytes.
 		"mongodb": append(binary.LittleEndian.AppendUint32(nil, 48000001), make([]byte, 12)...),
+		// A packet header with sequence id 3, the reply to the agent's HandshakeResponse41. It
+		// announces 16 MiB - 1 bytes, the maximum payload of one packet, and the login
+		// accepts 1 MiB.
+		"mysql": {0xff, 0xff, 0xff, 3},
 	}
 	for _, p := range faultProtocols {
-		if p.startTLS == nil {
-			continue
-		}
 		t.Run(p.name, func(t *testing.T) {
 			certs := dbtest.NewCerts(t, t.TempDir())
 			cert, err := tls.LoadX509KeyPair(certs.ServerCert, certs.ServerKey)
@@ -481,9 +601,6 @@ var badCerts = []badCert{
 // upstream_tls_error.
 func TestFaultUpstreamCertificate(t *testing.T) {
 	for _, p := range faultProtocols {
-		if p.startTLS == nil {
-			continue
-		}
 		for _, bc := range badCerts {
 			t.Run(p.name+"/"+bc.name, func(t *testing.T) {
 				certs := dbtest.NewCerts(t, t.TempDir())
