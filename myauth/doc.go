@@ -11,8 +11,13 @@
 // because the loopback leg is plaintext. Drivers branch on the version string and the
 // plugin, so the greeting is the server's. The client's HandshakeResponse41 supplies the
 // database, character set, max packet size, connection attributes and capabilities. Its user
-// name and auth response are ignored, and the client never gets an AuthSwitchRequest or a
-// request for a password or an RSA key.
+// name and auth response are ignored, and the client never gets a request for a password or
+// an RSA key. A client whose plugin is not the greeting's (mariadb --default-auth, a client
+// without caching_sha2_password at a MySQL 8 greeting) does not pass the greeting's
+// scramble to it, so the plugin sends an empty response and waits for data of its own. As a
+// server would, the agent then sends an AuthSwitchRequest to that plugin
+// (mysql_native_password, caching_sha2_password, client_ed25519), or to
+// mysql_native_password from sha256_password, and ignores the reply too.
 //
 // Upstream, the agent sends an SSLRequest, starts TLS with Options.TLSConfig (a server without
 // TLS is an error) and sends a HandshakeResponse41 as the stored user with the capabilities

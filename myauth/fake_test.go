@@ -1,6 +1,7 @@
 package myauth
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -321,8 +322,13 @@ func TestUpstreamAuthExchange(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := startFake(t, tt.script)
 			p := f.proxyTo(t, 2*time.Second)
-			c, _, _ := fakeClient(t, p.Addr)
-			seqs, packets := sendResponse(t, c, mysql.AUTH_NATIVE_PASSWORD, nil)
+			c, _, greet := fakeClient(t, p.Addr)
+			g, err := parseGreeting(greet)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The greeting's plugin, as clients use it: another gets an AuthSwitchRequest.
+			seqs, packets := sendResponse(t, c, g.authPlugin, nil)
 			last := packets[len(packets)-1]
 			if tt.wantOK {
 				if last[0] != mysql.OK_HEADER || seqs[len(seqs)-1] != 2 {
@@ -599,5 +605,77 @@ func TestRedialAfterAccessDenied(t *testing.T) {
 	waitFor(t, func() bool { return p.Logins() == 1 })
 	if n := redials.Load(); n != 1 {
 		t.Errorf("redials = %d, want 1", n)
+	}
+}
+
+// TestClientPluginSwitch checks the AuthSwitchRequest that a client gets when its plugin is
+// not the greeting's and it sent an empty auth response, waiting for its plugin's data.
+func TestClientPluginSwitch(t *testing.T) {
+	tests := []struct {
+		plugin   string // the client's plugin in its HandshakeResponse41
+		switchTo string // the plugin of the AuthSwitchRequest, "" for none
+		dataLen  int    // the length of its data
+		reply    []byte // the client's reply to it
+		wantSeqs []byte // sequence ids of the packets after the AuthSwitchRequest
+	}{
+		{mysql.AUTH_CACHING_SHA2_PASSWORD, mysql.AUTH_CACHING_SHA2_PASSWORD, scrambleLen + 1, make([]byte, 32), []byte{4, 5}},
+		{mysql.AUTH_CACHING_SHA2_PASSWORD, mysql.AUTH_CACHING_SHA2_PASSWORD, scrambleLen + 1, nil, []byte{4}},
+		{mysql.AUTH_MARIADB_ED25519, mysql.AUTH_MARIADB_ED25519, ed25519NonceLen, make([]byte, 64), []byte{4}},
+		{mysql.AUTH_SHA256_PASSWORD, mysql.AUTH_NATIVE_PASSWORD, scrambleLen + 1, make([]byte, 20), []byte{4}},
+		{mysql.AUTH_CLEAR_PASSWORD, "", 0, nil, []byte{2}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.plugin, func(t *testing.T) {
+			f := startFake(t, func(f *fakeUpstream, c net.Conn) error {
+				tc, _, err := f.acceptLogin(c, mysql.AUTH_NATIVE_PASSWORD)
+				if err != nil {
+					return err
+				}
+				return writePacket(tc, 3, okPacket)
+			})
+			p := f.proxyTo(t, 5*time.Second)
+			c, _, _ := fakeClient(t, p.Addr)
+			resp := &response{capabilities: fakeCaps &^ mysql.CLIENT_SSL, maxPacketSize: 1 << 24, charset: 33}
+			if err := writePacket(c, 1, resp.marshal("app", nil, tt.plugin, false)); err != nil {
+				t.Fatal(err)
+			}
+			if tt.switchTo != "" {
+				seq, p, err := readPacket(c, maxServerPacketLen)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := "\xfe" + tt.switchTo + "\x00"
+				if seq != 2 || !strings.HasPrefix(string(p), want) || len(p) != len(want)+tt.dataLen {
+					t.Fatalf("got %q with sequence id %d, want an AuthSwitchRequest to %s with %d bytes of data",
+						p, seq, tt.switchTo, tt.dataLen)
+				}
+				if err := writePacket(c, 3, tt.reply); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var seqs []byte
+			for {
+				seq, p, err := readPacket(c, maxServerPacketLen)
+				if err != nil {
+					t.Fatalf("after sequence ids %v: %v", seqs, err)
+				}
+				seqs = append(seqs, seq)
+				if p[0] == mysql.OK_HEADER || p[0] == mysql.ERR_HEADER {
+					if p[0] != mysql.OK_HEADER {
+						t.Errorf("login result %x, want OK", p)
+					}
+					break
+				}
+				if !bytes.Equal(p, []byte{authMoreData, fastAuthSuccessByte}) {
+					t.Fatalf("packet %x before the OK, want the fast-auth marker", p)
+				}
+			}
+			if !bytes.Equal(seqs, tt.wantSeqs) {
+				t.Errorf("sequence ids %v, want %v", seqs, tt.wantSeqs)
+			}
+			if err := <-f.errs; err != nil {
+				t.Errorf("fake upstream: %v", err)
+			}
+		})
 	}
 }

@@ -154,6 +154,30 @@ func TestMariaDB(t *testing.T) {
 		}
 	})
 
+	t.Run("cli with another plugin than the greeting's", func(t *testing.T) {
+		// With --default-auth naming another plugin than the greeting's, the client sends an
+		// empty auth response and waits for its plugin's data, as from a server that then
+		// switches it with an AuthSwitchRequest.
+		for _, plugin := range []string{"caching_sha2_password", "sha256_password", "client_ed25519",
+			"mysql_clear_password", "mysql_native_password"} {
+			for _, password := range []string{"", "-pnot-the-password"} {
+				args := []string{"--no-defaults", "-h", "127.0.0.1", "-P", port(t, proxies["ed"].Addr),
+					"-u", "app", "--default-auth=" + plugin, "-N", "-B", "appdb", "-e", "SELECT CURRENT_USER()"}
+				if password != "" {
+					args = append(args, password)
+				}
+				out, err := exec.Command("mariadb", args...).CombinedOutput()
+				if bytes.Contains(out, []byte("could not be loaded")) {
+					t.Logf("client plugin %s not installed: %s", plugin, out)
+					continue
+				}
+				if err != nil || !strings.Contains(string(out), "ed@%") {
+					t.Errorf("mariadb --default-auth=%s %s: %v\n%s", plugin, password, err, out)
+				}
+			}
+		}
+	})
+
 	t.Run("wrong password", func(t *testing.T) {
 		p := startProxy(t, proxyConfig{upstream: m.Addr(), tls: tlsConf,
 			creds: credsource.Credentials{Username: "native", Password: "wrong"},
@@ -366,7 +390,9 @@ func rawLoginCaps(t *testing.T, addr string, caps uint32) (net.Conn, *greeting) 
 	}
 	resp := &response{capabilities: caps | mysql.CLIENT_CONNECT_WITH_DB, maxPacketSize: 1 << 24,
 		charset: 33, database: "appdb"}
-	if err := writePacket(c, 1, resp.marshal("app", nil, mysql.AUTH_NATIVE_PASSWORD, false)); err != nil {
+	// The greeting's plugin, as clients use it: with another, the agent would send an
+	// AuthSwitchRequest first.
+	if err := writePacket(c, 1, resp.marshal("app", nil, g.authPlugin, false)); err != nil {
 		t.Fatal(err)
 	}
 	_, p, err = readPacket(c, maxServerPacketLen)

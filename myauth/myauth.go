@@ -2,6 +2,7 @@ package myauth
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -122,6 +123,9 @@ type session struct {
 	opts   *Options
 	log    *slog.Logger
 	stop   func() // ends the context watch on both connections
+	// resultSeq is the sequence id of the login result sent to the client: 2, or 4 after
+	// an AuthSwitchRequest.
+	resultSeq byte
 }
 
 func (s *session) run(upstream net.Conn, creds credsource.Credentials) (Conns, error) {
@@ -147,11 +151,20 @@ func (s *session) run(upstream net.Conn, creds credsource.Credentials) (Conns, e
 	s.log.Debug("mysql client response", "route", s.opts.Route, "capabilities", resp.capabilities,
 		"database", resp.database, "auth_plugin", resp.authPlugin, "attributes_len", len(resp.attributes))
 
+	// A client plugin that waits for data of its own receives it in an AuthSwitchRequest.
+	s.resultSeq = 2
+	if plugin := clientSwitchPlugin(resp, g); plugin != "" {
+		if err := s.switchClient(resp, plugin); err != nil {
+			s.endUpstream(upstream, g, creds)
+			return Conns{}, err
+		}
+	}
+
 	// Login upstream as the stored user, retried once with fresh credentials after 1045.
 	up := upstreamResponse(resp, g)
 	l, err := loginUpstream(s.ctx, upstream, g, up, creds, s.opts.TLSConfig)
 	if err != nil {
-		s.sendAgentError(2, err)
+		s.sendAgentError(s.resultSeq, err)
 		return Conns{}, err
 	}
 	if l.rejected != nil && l.rejected.Code == codeAccessDenied && s.opts.Redial != nil {
@@ -161,7 +174,7 @@ func (s *session) run(upstream net.Conn, creds credsource.Credentials) (Conns, e
 		}
 	}
 	if l.rejected != nil {
-		if err := writePacket(s.client, 2, l.errRaw); err != nil {
+		if err := writePacket(s.client, s.resultSeq, l.errRaw); err != nil {
 			l.conn.Close()
 			return Conns{}, fmt.Errorf("client login result: %w", err)
 		}
@@ -275,6 +288,61 @@ func (s *session) readResponse() (*response, error) {
 	return resp, nil
 }
 
+// clientSwitchPlugin returns the plugin that the client is switched to after its
+// HandshakeResponse41, or "" when it gets the login result at once.
+//
+// A client that uses another plugin than the greeting's (mariadb --default-auth, a client
+// without caching_sha2_password at a MySQL 8 greeting) does not pass the greeting's scramble
+// to that plugin. The plugin sends an empty auth response and waits for data of its own,
+// which a server sends in an AuthSwitchRequest. The agent does the same for the plugins whose
+// data format it implements. Given data, sha256_password would request the server's RSA key
+// over the plaintext leg, so it is switched to mysql_native_password instead.
+func clientSwitchPlugin(resp *response, g *greeting) string {
+	if resp.capabilities&mysql.CLIENT_PLUGIN_AUTH == 0 || resp.authPlugin == g.authPlugin ||
+		len(resp.authResponse) > 0 {
+		return ""
+	}
+	switch resp.authPlugin {
+	case mysql.AUTH_NATIVE_PASSWORD, mysql.AUTH_CACHING_SHA2_PASSWORD, mysql.AUTH_MARIADB_ED25519:
+		return resp.authPlugin
+	case mysql.AUTH_SHA256_PASSWORD:
+		return mysql.AUTH_NATIVE_PASSWORD
+	}
+	return ""
+}
+
+// switchClient sends the client an AuthSwitchRequest to plugin, with data in that plugin's
+// format, and reads the client's reply into resp in place of its first auth response. The
+// login result then follows with sequence id 4.
+func (s *session) switchClient(resp *response, plugin string) error {
+	data := append(newScramble(), 0)
+	if plugin == mysql.AUTH_MARIADB_ED25519 {
+		data = make([]byte, ed25519NonceLen)
+		rand.Read(data)
+	}
+	p := append([]byte{authSwitchRequest}, plugin...)
+	p = append(p, 0)
+	if err := writePacket(s.client, 2, append(p, data...)); err != nil {
+		return fmt.Errorf("client auth switch request: %w", err)
+	}
+	const errSeq = 4 // an ERR follows the client's reply, which has sequence id 3
+	seq, reply, err := readPacket(s.client, maxResponseLen)
+	switch {
+	case errors.Is(err, errPacketTooLong):
+		return s.clientError(errSeq, codeHandshakeError, stateCommunication, true,
+			fmt.Sprintf("auth switch response: %v", err))
+	case err != nil:
+		return s.responseReadError(errSeq, err)
+	case seq != 3:
+		return s.clientError(errSeq, codeHandshakeError, stateCommunication, true,
+			fmt.Sprintf("auth switch response has sequence id %d, want 3", seq))
+	}
+	s.log.Debug("mysql client switched plugin", "route", s.opts.Route, "from", resp.authPlugin, "to", plugin)
+	resp.authPlugin, resp.authResponse = plugin, reply
+	s.resultSeq = 4
+	return nil
+}
+
 // responseReadError wraps a failed read of the client's response. When the login timeout
 // ended it, the client still gets an ERR with sequence id seq saying so.
 func (s *session) responseReadError(seq byte, err error) error {
@@ -330,7 +398,7 @@ func (s *session) sendError(seq byte, payload []byte) {
 // for AuthMoreData first, so it gets the fast-auth-success marker (0x01 0x03) before the OK.
 // No other client plugin expects more than OK after its response.
 func (s *session) sendOK(resp *response, ok []byte) error {
-	seq := byte(2)
+	seq := s.resultSeq
 	if resp.authPlugin == mysql.AUTH_CACHING_SHA2_PASSWORD && len(resp.authResponse) > 0 {
 		if err := writePacket(s.client, seq, []byte{authMoreData, fastAuthSuccessByte}); err != nil {
 			return err
@@ -372,7 +440,7 @@ func (s *session) retry(first *login, resp, up *response) (*login, error) {
 	defer stop()
 	fail := func(err error) (*login, error) {
 		conn.Close()
-		s.sendAgentError(2, err)
+		s.sendAgentError(s.resultSeq, err)
 		return nil, err
 	}
 

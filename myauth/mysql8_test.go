@@ -126,4 +126,20 @@ func TestCachingSHA2(t *testing.T) {
 			}
 		}
 	})
+
+	t.Run("cli with mysql_native_password", func(t *testing.T) {
+		// As a client without caching_sha2_password does: its own plugin waits for a
+		// scramble of its own form.
+		for _, password := range []string{"", "-pnot-the-password"} {
+			args := []string{"--no-defaults", "-h", "127.0.0.1", "-P", port(t, app.Addr), "-u", "whoever",
+				"--default-auth=mysql_native_password", "-N", "-B", "appdb", "-e", "SELECT CURRENT_USER()"}
+			if password != "" {
+				args = append(args, password)
+			}
+			out, err := exec.Command("mariadb", args...).CombinedOutput()
+			if err != nil || strings.TrimSpace(string(out)) != "app" {
+				t.Errorf("mariadb %s: %v\n%s", password, err, out)
+			}
+		}
+	})
 }
