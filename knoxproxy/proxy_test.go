@@ -310,6 +310,38 @@ func TestSessionEndToEnd(t *testing.T) {
 	}
 }
 
+// TestClientResetOutcome checks that a client that resets its connection after the login
+// closes the session at Info as client_reset, not as an agent error.
+func TestClientResetOutcome(t *testing.T) {
+	h := startHarness(t, harnessOptions{})
+	c := h.dial(t)
+	r := bufio.NewReader(c)
+	io.WriteString(c, "LOGIN\n")
+	if got := readLine(t, r); got != "WELCOME\n" {
+		t.Fatalf("got %q, want WELCOME", got)
+	}
+	io.WriteString(c, "ping\n")
+	if got := readLine(t, r); got != "ping\n" {
+		t.Fatalf("echo: got %q", got)
+	}
+	// Linger 0 makes Close send a TCP reset, as a client that exits with unread data does.
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	h.stop(t)
+	var closed string
+	for _, line := range strings.Split(h.logs.String(), "\n") {
+		if strings.Contains(line, "session closed") {
+			closed = line
+		}
+	}
+	if !strings.Contains(closed, "outcome="+outcomeClientReset) {
+		t.Errorf("close line %q, want outcome %s", closed, outcomeClientReset)
+	}
+	if !strings.Contains(closed, "level=INFO") {
+		t.Errorf("close line %q, want level INFO", closed)
+	}
+}
+
 func TestPeerNotAllowed(t *testing.T) {
 	for _, tc := range []struct {
 		name   string

@@ -26,6 +26,7 @@ const (
 	outcomePeerRejected     = "peer_rejected"
 	outcomeBadFirstBytes    = "first_bytes_rejected"
 	outcomeClientGone       = "client_closed"
+	outcomeClientReset      = "client_reset"
 	outcomeCredentials      = "credentials_error"
 	outcomeUnreachable      = "upstream_unreachable"
 	outcomeUpstreamTLS      = "upstream_tls_error"
@@ -207,8 +208,14 @@ func (sess *session) run(ctx context.Context) {
 	// The login phase is over: pump bytes until either side is done.
 	toUpstream, toClient, err := splice.RunCounted(conns.Client, conns.Upstream,
 		&sess.rs.bytesToUpstream, &sess.rs.bytesToClient)
-	outcome = outcomeOK
-	if err != nil {
+	switch {
+	case err == nil:
+		outcome = outcomeOK
+	case splice.PeerGone(err, conns.Client):
+		// The client ended the session abruptly. That is the client's choice, not a
+		// failure of the agent or the database.
+		outcome = outcomeClientReset
+	default:
 		outcome = outcomeSpliceError
 	}
 	if o, ok := sess.abortedOutcome(); ok {
@@ -440,6 +447,8 @@ func handshakeOutcome(ctx context.Context, err error) string {
 		return outcomeUpstreamTLS
 	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
 		return outcomeLoginTimeout
+	case errors.Is(err, handshake.ErrClientClosed):
+		return outcomeClientGone
 	case errors.Is(err, handshake.ErrClientProtocol):
 		return outcomeClientProtocol
 	case errors.Is(err, handshake.ErrUpstreamProtocol):
@@ -466,7 +475,7 @@ func (sess *session) closeLine(outcome string, toUpstream, toClient int64, err e
 		// A rate-limited warning has already reported the refusal. A line per connection
 		// would let a client flood the log.
 		sess.log.Debug("session closed", attrs...)
-	case outcomeOK, outcomeCancelRequest, outcomeShutdown, outcomeReload:
+	case outcomeOK, outcomeClientReset, outcomeCancelRequest, outcomeShutdown, outcomeReload:
 		sess.log.Info("session closed", attrs...)
 	case outcomeClientGone, outcomeClientProtocol, outcomeLoginTimeout:
 		sess.log.Warn("session closed", attrs...)

@@ -3,7 +3,6 @@ package mongoauth
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -36,11 +35,12 @@ func isHello(name string) bool {
 // wrapping ErrClientProtocol.
 func readClientHello(client net.Conn, route string) (*command, error) {
 	msg, err := readMessage(client)
-	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("read client hello: %w: connection closed before the first message", ErrClientProtocol)
-		}
+	switch {
+	case errors.Is(err, errMessageTooSmall) || errors.Is(err, errMessageTooLarge):
 		return nil, fmt.Errorf("read client hello: %w: %w", ErrClientProtocol, err)
+	case err != nil:
+		// The caller separates a closed connection from the login timeout.
+		return nil, fmt.Errorf("read client hello: %w", err)
 	}
 	hello, err := parseCommand(msg)
 	if err != nil {

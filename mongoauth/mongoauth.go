@@ -39,6 +39,9 @@ var (
 	// ErrClientProtocol means the client's first message was not a hello, was malformed, or
 	// carried credentials of its own. The client has already been sent a command error.
 	ErrClientProtocol = handshake.ErrClientProtocol
+	// ErrClientClosed means the client closed or reset its connection before the login
+	// finished.
+	ErrClientClosed = handshake.ErrClientClosed
 	// ErrUpstreamProtocol means the upstream sent a malformed or unexpected reply, failed its
 	// hello, offered no usable SCRAM mechanism or did not prove its SCRAM server signature.
 	ErrUpstreamProtocol = handshake.ErrUpstreamProtocol
@@ -81,7 +84,7 @@ func Handshake(ctx context.Context, client, upstream net.Conn, creds credsource.
 	// Client hello: OP_MSG hello or OP_QUERY isMaster, read before anything is sent upstream.
 	hello, err := readClientHello(client, opts.Route)
 	if err != nil {
-		return Conns{}, handshake.ContextError(ctx, err)
+		return Conns{}, handshake.ClientReadError(ctx, err)
 	}
 	log.Debug("client hello", "command", hello.name, "opcode", hello.opcode.String())
 

@@ -22,7 +22,7 @@ func Reject(ctx context.Context, client net.Conn, route string, cause error) err
 
 	msg, err := readMessage(client)
 	if err != nil {
-		return handshake.ContextError(ctx, fmt.Errorf("read client message: %w", err))
+		return handshake.ClientReadError(ctx, fmt.Errorf("read client message: %w", err))
 	}
 	code, codeName := int32(codeHostUnreachable), "HostUnreachable"
 	if errors.Is(cause, ErrAuthFailed) || errors.Is(cause, credsource.ErrNotFound) {

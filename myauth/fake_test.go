@@ -388,7 +388,7 @@ func TestClientCachingSHA2Marker(t *testing.T) {
 }
 
 // TestClientLeavesEndsUpstreamWithQuit checks that the agent logs in upstream and sends
-// COM_QUIT when the client leaves after the greeting.
+// COM_QUIT when the client leaves after the greeting, and reports the client as gone.
 func TestClientLeavesEndsUpstreamWithQuit(t *testing.T) {
 	f := startFake(t, func(f *fakeUpstream, c net.Conn) error {
 		tc, resp, err := f.acceptLogin(c, mysql.AUTH_NATIVE_PASSWORD)
@@ -410,6 +410,9 @@ func TestClientLeavesEndsUpstreamWithQuit(t *testing.T) {
 	c.Close()
 	if err := <-f.errs; err != nil {
 		t.Errorf("fake upstream: %v", err)
+	}
+	if err := lastHandshakeError(t, p); !errors.Is(err, ErrClientClosed) {
+		t.Errorf("Handshake error %v, want it to wrap ErrClientClosed", err)
 	}
 }
 

@@ -42,6 +42,9 @@ var (
 	// ErrClientProtocol: the client sent something the protocol does not allow here; it
 	// was sent an error.
 	ErrClientProtocol = handshake.ErrClientProtocol
+	// ErrClientClosed: the client closed or reset its connection before the login
+	// finished.
+	ErrClientClosed = handshake.ErrClientClosed
 	// ErrUpstreamProtocol: the upstream broke the protocol, declined TLS or asked for an
 	// unsupported authentication method.
 	ErrUpstreamProtocol = handshake.ErrUpstreamProtocol
@@ -350,7 +353,7 @@ func (s *session) responseReadError(seq byte, err error) error {
 		msg := fmt.Sprintf("dbproxy route %q: login timed out: no handshake response from the client", s.opts.Route)
 		s.sendError(seq, errPacket(codeHandshakeError, stateCommunication, msg, true))
 	}
-	return fmt.Errorf("client handshake response: %w", err)
+	return handshake.ClientReadError(s.ctx, fmt.Errorf("client handshake response: %w", err))
 }
 
 // foreignProtocol names the protocol when a packet header is really the start of an HTTP

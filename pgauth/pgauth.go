@@ -41,6 +41,9 @@ var (
 	// ErrClientProtocol: the client sent something the protocol does not allow here; it
 	// was sent an error.
 	ErrClientProtocol = handshake.ErrClientProtocol
+	// ErrClientClosed: the client closed or reset its connection before the login
+	// finished.
+	ErrClientClosed = handshake.ErrClientClosed
 	// ErrUpstreamProtocol: the upstream broke the protocol, declined TLS or asked for an
 	// unsupported authentication method.
 	ErrUpstreamProtocol = handshake.ErrUpstreamProtocol
@@ -89,7 +92,7 @@ func Handshake(ctx context.Context, client, upstream net.Conn, creds credsource.
 		if errors.As(err, &perr) {
 			sendFatal(ctx, client, &pgproto3.ErrorResponse{Code: perr.Code, Message: perr.Msg}, stop)
 		}
-		return Conns{}, handshake.ContextError(ctx, fmt.Errorf("read client startup: %w", err))
+		return Conns{}, handshake.ClientReadError(ctx, fmt.Errorf("read client startup: %w", err))
 	}
 	if p.Kind == packetCancelRequest {
 		log.DebugContext(ctx, "forwarding CancelRequest")

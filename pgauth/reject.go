@@ -56,7 +56,7 @@ func Reject(ctx context.Context, client net.Conn, route string, cause error) err
 	if err != nil {
 		var perr *protocolError
 		if !errors.As(err, &perr) {
-			return handshake.ContextError(ctx, fmt.Errorf("read client startup: %w", err))
+			return handshake.ClientReadError(ctx, fmt.Errorf("read client startup: %w", err))
 		}
 		// A malformed packet still gets the reason the session cannot start.
 	} else if p.Kind == packetCancelRequest {

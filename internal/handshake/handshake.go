@@ -29,6 +29,9 @@ var (
 	// ErrClientProtocol means the client sent something the protocol does not allow at this
 	// point, or that the agent refuses (a password, a TLS request it cannot honour).
 	ErrClientProtocol = errors.New("client protocol error")
+	// ErrClientClosed means the client closed or reset its connection before the login
+	// finished.
+	ErrClientClosed = errors.New("client closed the connection")
 	// ErrUpstreamProtocol means the upstream sent something the protocol does not allow,
 	// declined TLS, or asked for an authentication method the agent does not support.
 	ErrUpstreamProtocol = errors.New("upstream protocol error")
@@ -167,6 +170,20 @@ func ContextError(ctx context.Context, err error) error {
 	}
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return fmt.Errorf("%w (%v)", ctxErr, err)
+	}
+	return err
+}
+
+// ClientReadError classifies err, a failed read from the client during the login. It
+// returns ContextError(ctx, err) when ctx is done, an error wrapping ErrClientClosed when the
+// client closed or reset its connection, and err otherwise.
+func ClientReadError(ctx context.Context, err error) error {
+	if err == nil || ctx.Err() != nil {
+		return ContextError(ctx, err)
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return fmt.Errorf("%w: %w", ErrClientClosed, err)
 	}
 	return err
 }

@@ -3,9 +3,13 @@ package handshake_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -79,5 +83,40 @@ func TestStartTLSHints(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestClientReadError(t *testing.T) {
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	reset := &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}
+	for _, tc := range []struct {
+		name       string
+		ctx        context.Context
+		err        error
+		wantClosed bool
+		wantCtx    bool
+	}{
+		{"eof", context.Background(), io.EOF, true, false},
+		{"unexpected eof", context.Background(), fmt.Errorf("read startup: %w", io.ErrUnexpectedEOF), true, false},
+		{"reset", context.Background(), reset, true, false},
+		{"other", context.Background(), errors.New("bad length"), false, false},
+		{"context done", done, io.EOF, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := handshake.ClientReadError(tc.ctx, tc.err)
+			if got := errors.Is(err, handshake.ErrClientClosed); got != tc.wantClosed {
+				t.Errorf("errors.Is(%v, ErrClientClosed) = %v, want %v", err, got, tc.wantClosed)
+			}
+			if got := errors.Is(err, context.Canceled); got != tc.wantCtx {
+				t.Errorf("errors.Is(%v, context.Canceled) = %v, want %v", err, got, tc.wantCtx)
+			}
+			if !errors.Is(err, tc.err) && !tc.wantCtx {
+				t.Errorf("%v does not wrap %v", err, tc.err)
+			}
+		})
+	}
+	if err := handshake.ClientReadError(context.Background(), nil); err != nil {
+		t.Errorf("ClientReadError(nil) = %v, want nil", err)
 	}
 }

@@ -26,12 +26,35 @@ var (
 	largeBuffers = sync.Pool{New: func() any { b := make([]byte, LargeBufferSize); return &b }}
 )
 
+// A ConnError is a failed read or write on one of the connections given to Run. Its text
+// is the underlying error's.
+type ConnError struct {
+	// Conn is the connection that failed, as it was passed to Run.
+	Conn net.Conn
+	Err  error
+}
+
+func (e *ConnError) Error() string { return e.Err.Error() }
+func (e *ConnError) Unwrap() error { return e.Err }
+
+// PeerGone reports whether err is a reset or broken pipe on c: the peer on c closed its
+// connection abruptly, as many clients do when they exit with unread data or close with
+// SO_LINGER set to zero.
+func PeerGone(err error, c net.Conn) bool {
+	var ce *ConnError
+	if !errors.As(err, &ce) || ce.Conn != c {
+		return false
+	}
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
 // Run copies a to b and b to a at the same time. When one side ends its stream cleanly, Run
 // half-closes the other side's writing direction and keeps copying the opposite way, so a
 // peer that shuts down its output still receives the rest of the replies. When either
 // direction fails, Run closes both connections so that the other direction ends too. It
-// returns the bytes copied each way and the first error other than a clean end of stream; an
-// error caused by that close is not reported. The caller closes both connections afterwards.
+// returns the bytes copied each way and the first error other than a clean end of stream, as
+// a *ConnError naming the connection that failed; an error caused by that close is not
+// reported. The caller closes both connections afterwards.
 func Run(a, b net.Conn) (aToB, bToA int64, err error) {
 	return RunCounted(a, b, nil, nil)
 }
@@ -119,14 +142,14 @@ func pump(dst, src net.Conn, counter *atomic.Int64) (int64, error) {
 				counter.Add(int64(w - n))
 			}
 			if werr != nil {
-				return total, werr
+				return total, &ConnError{Conn: dst, Err: werr}
 			}
 		}
 		if rerr == io.EOF {
 			return total, nil
 		}
 		if rerr != nil {
-			return total, rerr
+			return total, &ConnError{Conn: src, Err: rerr}
 		}
 
 		// Grow when a read filled the buffer; shrink back when the stream slows down.

@@ -74,6 +74,8 @@ func TestRunCopiesBothWaysWithHalfClose(t *testing.T) {
 }
 
 // TestRunClosesBothOnError checks that a reset on one side ends the whole splice.
+// TestRunClosesBothOnError checks that a reset on one side closes the other, and that the
+// error names the side that was reset.
 func TestRunClosesBothOnError(t *testing.T) {
 	client, proxyClient := dbtest.TCPPair(t)
 	proxyServer, server := dbtest.TCPPair(t)
@@ -92,7 +94,13 @@ func TestRunClosesBothOnError(t *testing.T) {
 	client.Close() // with linger 0 this sends a reset
 
 	select {
-	case <-done:
+	case err := <-done:
+		if !PeerGone(err, proxyClient) {
+			t.Errorf("PeerGone(%v, client side) = false, want true", err)
+		}
+		if PeerGone(err, proxyServer) {
+			t.Errorf("PeerGone(%v, server side) = true, want false", err)
+		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after a reset")
 	}
