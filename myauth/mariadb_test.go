@@ -506,3 +506,32 @@ func BenchmarkMariaDBLogin(b *testing.B) {
 		})
 	}
 }
+
+// TestMariaDBExpiredPassword checks that an account whose password has expired fails the
+// login with the server's error 1862 instead of entering sandbox mode, on a server that
+// disconnects such clients. The agent never announces that it can handle expired passwords.
+func TestMariaDBExpiredPassword(t *testing.T) {
+	m := dbtest.StartMariaDB(t, dbtest.MariaDBOptions{Args: []string{"--disconnect-on-expired-password=ON"}})
+	m.Exec(t, `CREATE USER 'expired'@'%' IDENTIFIED VIA mysql_native_password USING PASSWORD('secret');
+		GRANT ALL ON appdb.* TO 'expired'@'%';
+		ALTER USER 'expired'@'%' PASSWORD EXPIRE;`)
+	p := startProxy(t, proxyConfig{upstream: m.Addr(), tls: m.Certs.ClientTLS("127.0.0.1"),
+		creds: credsource.Credentials{Username: "expired", Password: "secret"}})
+
+	t.Run("go driver", func(t *testing.T) {
+		err := openDB(t, p.Addr, "").Ping()
+		if n := mysqlErrorNumber(err); n != 1862 {
+			t.Errorf("Ping = %v, want error 1862 (ER_MUST_CHANGE_PASSWORD_LOGIN)", err)
+		}
+	})
+	t.Run("cli", func(t *testing.T) {
+		out, err := exec.Command("mariadb", "--no-defaults", "-h", "127.0.0.1", "-P", port(t, p.Addr),
+			"-u", "app", "-N", "-B", "appdb", "-e", "SELECT 1").CombinedOutput()
+		if err == nil {
+			t.Fatalf("mariadb succeeded with an expired password: %s", out)
+		}
+		if !strings.Contains(string(out), "1862") {
+			t.Errorf("mariadb output %q, want error 1862", out)
+		}
+	})
+}

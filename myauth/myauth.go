@@ -419,6 +419,10 @@ func upstreamResponse(resp *response, g *greeting) *response {
 	up := *resp
 	up.capabilities = resp.capabilities&g.capabilities | upstreamCapabilities
 	up.capabilities |= g.capabilities & mysql.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+	// A session in sandbox mode could run only SET PASSWORD, which would leave the stored
+	// secret wrong. Without this flag a server that disconnects on expired passwords sends
+	// error 1862 instead.
+	up.capabilities &^= mysql.CLIENT_CAN_HANDLE_EXPIRED_PASSWORDS
 	up.capabilities &^= mysql.CLIENT_CONNECT_WITH_DB
 	if resp.database != "" {
 		up.capabilities |= mysql.CLIENT_CONNECT_WITH_DB

@@ -33,6 +33,12 @@ func TestUpstreamResponseCapabilities(t *testing.T) {
 			want:   base | mysql.CLIENT_SSL | mysql.CLIENT_SESSION_TRACK,
 		},
 		{
+			name:   "expired password handling dropped",
+			client: base | mysql.CLIENT_CAN_HANDLE_EXPIRED_PASSWORDS,
+			server: base | mysql.CLIENT_SSL | mysql.CLIENT_CAN_HANDLE_EXPIRED_PASSWORDS,
+			want:   base | mysql.CLIENT_SSL,
+		},
+		{
 			name:     "zstd with its level",
 			client:   base | mysql.CLIENT_ZSTD_COMPRESSION_ALGORITHM,
 			server:   base | mysql.CLIENT_SSL | mysql.CLIENT_ZSTD_COMPRESSION_ALGORITHM,
