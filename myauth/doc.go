@@ -17,7 +17,9 @@
 // scramble to it, so the plugin sends an empty response and waits for data of its own. As a
 // server would, the agent then sends an AuthSwitchRequest to that plugin
 // (mysql_native_password, caching_sha2_password, client_ed25519), or to
-// mysql_native_password from sha256_password, and ignores the reply too.
+// mysql_native_password from sha256_password, and ignores the reply too. A sha256_password
+// client that requests the server's RSA key, as at a sha256_password greeting, is switched
+// to mysql_native_password the same way.
 //
 // Upstream, the agent sends an SSLRequest, starts TLS with Options.TLSConfig (a server without
 // TLS is an error) and sends a HandshakeResponse41 as the stored user with the capabilities

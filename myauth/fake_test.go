@@ -2,6 +2,7 @@ package myauth
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -620,17 +621,24 @@ func TestClientPluginSwitch(t *testing.T) {
 		dataLen  int    // the length of its data
 		reply    []byte // the client's reply to it
 		wantSeqs []byte // sequence ids of the packets after the AuthSwitchRequest
+		greeting string // the greeting's plugin, mysql_native_password when empty
+		auth     []byte // the client's auth response in its HandshakeResponse41
 	}{
-		{mysql.AUTH_CACHING_SHA2_PASSWORD, mysql.AUTH_CACHING_SHA2_PASSWORD, scrambleLen + 1, make([]byte, 32), []byte{4, 5}},
-		{mysql.AUTH_CACHING_SHA2_PASSWORD, mysql.AUTH_CACHING_SHA2_PASSWORD, scrambleLen + 1, nil, []byte{4}},
-		{mysql.AUTH_MARIADB_ED25519, mysql.AUTH_MARIADB_ED25519, ed25519NonceLen, make([]byte, 64), []byte{4}},
-		{mysql.AUTH_SHA256_PASSWORD, mysql.AUTH_NATIVE_PASSWORD, scrambleLen + 1, make([]byte, 20), []byte{4}},
-		{mysql.AUTH_CLEAR_PASSWORD, "", 0, nil, []byte{2}},
+		{mysql.AUTH_CACHING_SHA2_PASSWORD, mysql.AUTH_CACHING_SHA2_PASSWORD, scrambleLen + 1, make([]byte, 32), []byte{4, 5}, "", nil},
+		{mysql.AUTH_CACHING_SHA2_PASSWORD, mysql.AUTH_CACHING_SHA2_PASSWORD, scrambleLen + 1, nil, []byte{4}, "", nil},
+		{mysql.AUTH_MARIADB_ED25519, mysql.AUTH_MARIADB_ED25519, ed25519NonceLen, make([]byte, 64), []byte{4}, "", nil},
+		{mysql.AUTH_SHA256_PASSWORD, mysql.AUTH_NATIVE_PASSWORD, scrambleLen + 1, make([]byte, 20), []byte{4}, "", nil},
+		{mysql.AUTH_CLEAR_PASSWORD, "", 0, nil, []byte{2}, "", nil},
+		// At a sha256_password greeting, a client with a password and no TLS requests the
+		// server's RSA key (0x01) and would read the OK as the key.
+		{mysql.AUTH_SHA256_PASSWORD, mysql.AUTH_NATIVE_PASSWORD, scrambleLen + 1, make([]byte, 20), []byte{4},
+			mysql.AUTH_SHA256_PASSWORD, []byte{1}},
 	}
 	for _, tt := range tests {
-		t.Run(tt.plugin, func(t *testing.T) {
+		t.Run(tt.plugin+"/"+cmp.Or(tt.greeting, "native greeting"), func(t *testing.T) {
+			greeting := cmp.Or(tt.greeting, mysql.AUTH_NATIVE_PASSWORD)
 			f := startFake(t, func(f *fakeUpstream, c net.Conn) error {
-				tc, _, err := f.acceptLogin(c, mysql.AUTH_NATIVE_PASSWORD)
+				tc, _, err := f.acceptLogin(c, greeting)
 				if err != nil {
 					return err
 				}
@@ -639,7 +647,7 @@ func TestClientPluginSwitch(t *testing.T) {
 			p := f.proxyTo(t, 5*time.Second)
 			c, _, _ := fakeClient(t, p.Addr)
 			resp := &response{capabilities: fakeCaps &^ mysql.CLIENT_SSL, maxPacketSize: 1 << 24, charset: 33}
-			if err := writePacket(c, 1, resp.marshal("app", nil, tt.plugin, false)); err != nil {
+			if err := writePacket(c, 1, resp.marshal("app", tt.auth, tt.plugin, false)); err != nil {
 				t.Fatal(err)
 			}
 			if tt.switchTo != "" {

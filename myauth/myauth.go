@@ -1,6 +1,7 @@
 package myauth
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -299,10 +300,17 @@ func (s *session) readResponse() (*response, error) {
 // to that plugin. The plugin sends an empty auth response and waits for data of its own,
 // which a server sends in an AuthSwitchRequest. The agent does the same for the plugins whose
 // data format it implements. Given data, sha256_password would request the server's RSA key
-// over the plaintext leg, so it is switched to mysql_native_password instead.
+// over the plaintext leg, so it is switched to mysql_native_password instead. For the same
+// reason a sha256_password client whose first response is the RSA key request (0x01), as at
+// a sha256_password greeting, is switched too.
 func clientSwitchPlugin(resp *response, g *greeting) string {
-	if resp.capabilities&mysql.CLIENT_PLUGIN_AUTH == 0 || resp.authPlugin == g.authPlugin ||
-		len(resp.authResponse) > 0 {
+	if resp.capabilities&mysql.CLIENT_PLUGIN_AUTH == 0 {
+		return ""
+	}
+	if resp.authPlugin == mysql.AUTH_SHA256_PASSWORD && bytes.Equal(resp.authResponse, []byte{1}) {
+		return mysql.AUTH_NATIVE_PASSWORD
+	}
+	if resp.authPlugin == g.authPlugin || len(resp.authResponse) > 0 {
 		return ""
 	}
 	switch resp.authPlugin {

@@ -143,3 +143,44 @@ func TestCachingSHA2(t *testing.T) {
 		}
 	})
 }
+
+// TestSHA256Greeting logs in through the agent to a server whose greeting names
+// sha256_password. A client with a password then requests the server's RSA key, because the
+// loopback leg has no TLS, and must be switched to mysql_native_password rather than read
+// the OK as the key.
+func TestSHA256Greeting(t *testing.T) {
+	certs := dbtest.NewCerts(t, t.TempDir())
+	srv := mysql8.StartWithDefaultPlugin(t, certs, mysql.AUTH_SHA256_PASSWORD)
+	srv.AddUser(t, "sha", "secret", mysql.AUTH_SHA256_PASSWORD)
+	p := startProxy(t, proxyConfig{upstream: srv.Addr, tls: certs.ClientTLS("127.0.0.1"),
+		creds: credsource.Credentials{Username: "sha", Password: "secret"}})
+
+	t.Run("go driver", func(t *testing.T) {
+		for _, user := range []string{"anyone", "anyone:dummy"} {
+			db, err := sql.Open("mysql", fmt.Sprintf("%s@tcp(%s)/appdb?timeout=10s", user, p.Addr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got string
+			if err := db.QueryRow("SELECT CURRENT_USER()").Scan(&got); err != nil {
+				t.Errorf("query as %s: %v", user, err)
+			} else if got != "sha" {
+				t.Errorf("CURRENT_USER() as %s = %q, want sha", user, got)
+			}
+			db.Close()
+		}
+	})
+	t.Run("cli", func(t *testing.T) {
+		for _, password := range []string{"", "-pnot-the-password"} {
+			args := []string{"--no-defaults", "-h", "127.0.0.1", "-P", port(t, p.Addr), "-u", "whoever",
+				"-N", "-B", "appdb", "-e", "SELECT CURRENT_USER()"}
+			if password != "" {
+				args = append(args, password)
+			}
+			out, err := exec.Command("mariadb", args...).CombinedOutput()
+			if err != nil || strings.TrimSpace(string(out)) != "sha" {
+				t.Errorf("mariadb %s: %v\n%s", password, err, out)
+			}
+		}
+	})
+}

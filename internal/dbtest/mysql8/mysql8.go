@@ -61,6 +61,13 @@ type Login struct {
 // caching_sha2_password. The server stops in t.Cleanup.
 func Start(t testing.TB, certs *dbtest.Certs) *Server {
 	t.Helper()
+	return StartWithDefaultPlugin(t, certs, mysql.AUTH_CACHING_SHA2_PASSWORD)
+}
+
+// StartWithDefaultPlugin is Start with plugin (mysql.AUTH_*) named in the greeting, as a
+// server with that default_authentication_plugin sends it.
+func StartWithDefaultPlugin(t testing.TB, certs *dbtest.Certs, plugin string) *Server {
+	t.Helper()
 	cert, err := tls.LoadX509KeyPair(certs.ServerCert, certs.ServerKey)
 	if err != nil {
 		t.Fatal(err)
@@ -68,8 +75,8 @@ func Start(t testing.TB, certs *dbtest.Certs) *Server {
 	tlsConf := &tls.Config{Certificates: []tls.Certificate{cert}}
 	s := &Server{
 		Certs: certs,
-		srv:   server.NewServer(Version, mysql.DEFAULT_COLLATION_ID, mysql.AUTH_CACHING_SHA2_PASSWORD, nil, tlsConf),
-		auth:  &authHandler{InMemoryAuthenticationHandler: server.NewInMemoryAuthenticationHandler(mysql.AUTH_CACHING_SHA2_PASSWORD)},
+		srv:   server.NewServer(Version, mysql.DEFAULT_COLLATION_ID, plugin, nil, tlsConf),
+		auth:  &authHandler{InMemoryAuthenticationHandler: server.NewInMemoryAuthenticationHandler(plugin)},
 	}
 	s.AddUser(t, "app", "secret", mysql.AUTH_CACHING_SHA2_PASSWORD)
 	s.ln, err = net.Listen("tcp", "127.0.0.1:0")
