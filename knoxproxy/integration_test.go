@@ -293,6 +293,59 @@ func TestKeyShareLearnedFromPostgres(t *testing.T) {
 	}
 }
 
+// TestKeySharePinSurvivesOtherFailures checks that logins that fail for reasons other than
+// the upstream TLS handshake keep the pinned key exchange group: a psql with
+// sslmode=require, which leaves after the agent declines SSL, and a server error after TLS
+// (an unknown database).
+func TestKeySharePinSurvivesOtherFailures(t *testing.T) {
+	pg := startPG(t)
+	r := serve(t, pgRoute(pg), credsource.Credentials{Username: "app", Password: canary})
+	ctx := context.Background()
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%d sslmode=disable", r.port())
+	connect := func(dsn string) error {
+		conn, err := pgx.Connect(ctx, dsn)
+		if err == nil {
+			conn.Close(ctx)
+		}
+		return err
+	}
+	closed := func(n int) {
+		waitFor(t, 5*time.Second, func() bool {
+			return strings.Count(r.logs.String(), `msg="session closed"`) == n
+		})
+	}
+
+	// The first login offers every group and pins the one PostgreSQL chose.
+	if err := connect(dsn + " dbname=appdb"); err != nil {
+		t.Fatal(err)
+	}
+	closed(1)
+
+	out, err := psqlCommand(t, fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb sslmode=require", r.port()),
+		"-c", "select 1").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "server does not support SSL") {
+		t.Fatalf("psql sslmode=require: %v, output %q; want libpq's SSL error", err, out)
+	}
+	closed(2)
+	if err := connect(dsn + " dbname=nosuchdb"); err == nil || !strings.Contains(err.Error(), "3D000") {
+		t.Fatalf("connect to an unknown database: %v, want SQLSTATE 3D000", err)
+	}
+	closed(3)
+
+	if err := connect(dsn + " dbname=appdb"); err != nil {
+		t.Fatal(err)
+	}
+	closed(4)
+	logs := r.logs.String()
+	if strings.Contains(logs, "login failed with the pinned TLS key exchange groups") {
+		t.Errorf("a login that failed after or before the upstream TLS handshake dropped the pin:\n%s", logs)
+	}
+	lines := knoxproxy.CloseLines(logs)
+	if want := "tls_hello_retry=false"; !strings.Contains(lines[3], want) {
+		t.Errorf("last session's close line lacks %q:\n%s", want, lines[3])
+	}
+}
+
 // TestSilentClientOverLimitClosed checks that a connection over max_connections that sends
 // nothing is closed within a few seconds rather than at the end of the login timeout.
 func TestSilentClientOverLimitClosed(t *testing.T) {

@@ -25,7 +25,7 @@ const pinDuration = 10 * time.Minute
 //
 // The pinned offer still lists the classical groups that Go ranks below the chosen one, so
 // the server can ask for one of those with a HelloRetryRequest. A server that drops them all
-// fails one login, which drops the pin.
+// fails one TLS handshake, which drops the pin.
 type keyShares struct {
 	base *tls.Config
 
@@ -66,7 +66,7 @@ func (k *keyShares) observe(cfg *tls.Config, state tls.ConnectionState) {
 	k.until = k.now().Add(pinDuration)
 }
 
-// failed drops the pin after a login that used it failed, because the server may have
+// failed drops the pin after a TLS handshake that used it failed, because the server may have
 // changed its groups, and reports whether there was a pin to drop. The next handshake offers
 // every group again.
 func (k *keyShares) failed(cfg *tls.Config) bool {

@@ -295,7 +295,9 @@ func (sess *session) login(ctx context.Context) (handshake.Conns, string, error)
 	}
 	conns, err := proto.handshake(ctx, client, upstream, creds, opts)
 	if err != nil {
-		if sess.rs.keyShares.failed(tlsConfig) {
+		// Only the TLS handshake depends on the groups offered. A client that left early or a
+		// server error after TLS does not depend on them.
+		if errors.Is(err, handshake.ErrUpstreamTLSHandshake) && sess.rs.keyShares.failed(tlsConfig) {
 			sess.log.Info("login failed with the pinned TLS key exchange groups; the next login offers every group",
 				"groups", fmt.Sprint(tlsConfig.CurvePreferences))
 		}

@@ -45,6 +45,9 @@ var (
 	// credentials after an authentication failure and found the same values, so retrying
 	// would fail again.
 	ErrCredentialsUnchanged = errors.New("re-fetched credentials are unchanged")
+	// ErrUpstreamTLSHandshake means the TLS handshake with the upstream failed. A login
+	// error without it failed before the handshake started or after it completed.
+	ErrUpstreamTLSHandshake = errors.New("upstream tls handshake")
 )
 
 // Options configure one Handshake. The zero value is not usable: TLSConfig is required.
@@ -195,7 +198,7 @@ func StartTLS(ctx context.Context, c net.Conn, cfg *tls.Config) (*tls.Conn, erro
 	}
 	tc := tls.Client(c, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("upstream tls handshake: %w%s", err, tlsHint(ctx, err))
+		return nil, fmt.Errorf("%w: %w%s", ErrUpstreamTLSHandshake, err, tlsHint(ctx, err))
 	}
 	return tc, nil
 }
