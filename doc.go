@@ -43,5 +43,7 @@
 //		Logger:      slog.Default(),
 //	})
 //
-// Serve returns when ctx ends and the open sessions have drained.
+// Serve returns nil when ctx ends and every open session then ends within
+// Config.ShutdownTimeout. It closes the sessions still open after that and returns an
+// error wrapping knoxproxy.ErrShutdownTimeout.
 package dbproxy
