@@ -110,12 +110,21 @@ func TestPostgresPsql(t *testing.T) {
 	})
 
 	t.Run("sslmode=require fails", func(t *testing.T) {
+		before := len(p.Errors())
 		out, err := psql(t, t.Context(), fmt.Sprintf("host=127.0.0.1 port=%d dbname=appdb sslmode=require", p.Port), "-c", "select 1").CombinedOutput()
 		if err == nil {
 			t.Fatalf("psql with sslmode=require succeeded: %s", out)
 		}
 		if !strings.Contains(string(out), "server does not support SSL") {
 			t.Errorf("psql output %q does not explain the failure", out)
+		}
+		// The session log line is the only record an operator has, so the error names the cause.
+		herr := p.lastError(t, before+1)
+		if !errors.Is(herr, ErrClientClosed) {
+			t.Errorf("Handshake error = %v, want ErrClientClosed", herr)
+		}
+		if herr == nil || !strings.Contains(herr.Error(), "requires TLS (sslmode=require") {
+			t.Errorf("Handshake error = %v, want it to name sslmode=require as the likely cause", herr)
 		}
 	})
 

@@ -195,8 +195,12 @@ func cutCString(b []byte) (s string, rest []byte, ok bool) {
 // readClientStartup replies 'N' to every SSLRequest and GSSENCRequest and returns the
 // StartupMessage or CancelRequest that follows.
 func readClientStartup(r *bufio.Reader, w io.Writer) (startupPacket, error) {
+	declined := packetKind(-1) // the last encryption request that got the reply 'N'
 	for range maxEncryptionRequests + 1 {
 		p, err := readStartupPacket(r)
+		if err == io.EOF && declined >= 0 {
+			return p, fmt.Errorf("%w after the agent declined its %s: %s", err, declined, encryptionHint(declined))
+		}
 		if err != nil {
 			return p, err
 		}
@@ -208,8 +212,23 @@ func readClientStartup(r *bufio.Reader, w io.Writer) (startupPacket, error) {
 		if _, err := w.Write([]byte{'N'}); err != nil {
 			return p, fmt.Errorf("reply to %s: %w", p.Kind, err)
 		}
+		declined = p.Kind
 	}
 	return startupPacket{}, clientProtocolError("more than %d SSLRequest and GSSENCRequest packets", maxEncryptionRequests)
+}
+
+// encryptionHint names the likely cause when a client closes its connection right after
+// the agent declined its encryption request. libpq does so when the connection requires
+// encryption. pgx with sslmode=prefer, its default, does so too and then reconnects
+// without TLS.
+func encryptionHint(declined packetKind) string {
+	if declined == packetGSSEncRequest {
+		return "a client that requires GSSAPI encryption (gssencmode=require) closes here, " +
+			"and the agent's loopback listener is plaintext, so use gssencmode=disable or prefer"
+	}
+	return "a client that requires TLS (sslmode=require or stricter) closes here, " +
+		"and the agent's loopback listener is plaintext, so use sslmode=disable or prefer " +
+		"(pgx with sslmode=prefer also closes here, then reconnects without TLS)"
 }
 
 // upstreamStartupMessage builds the StartupMessage sent upstream: the client's protocol
