@@ -66,7 +66,7 @@ type commandReader struct {
 	argIndex  int  // index of the next argument
 	helloVals int  // values of a HELLO AUTH clause still to replace (2: user, 1: password)
 	helloKeep bool // the next argument is the SETNAME value
-	helloBad  bool // an invalid HELLO option was seen: the rest become empty strings
+	helloBad  bool // an invalid HELLO option was seen: the arguments after it become empty strings
 
 	inlineOpen bool  // an inline line is being streamed through (see streamInline)
 	inlineLen  int64 // bytes of that line returned so far
@@ -358,22 +358,35 @@ func (r *commandReader) helloArgument(index, headerLen int, size, total int64, w
 		case equalFold(option, "SETNAME") && r.argsLeft >= 1:
 			r.helloKeep = true
 			r.raw = total
+		case equalFold(option, "AUTH") || equalFold(option, "SETNAME"):
+			// An option without enough values: the server names it in its syntax error.
+			r.helloBad = true
+			r.raw = total
 		default:
-			r.replaceEmpty(total)
+			r.replaceInvalid(total)
 		}
 	default:
-		r.replaceEmpty(total)
+		r.replaceInvalid(total)
 	}
 	return nil
 }
 
-// replaceEmpty drops an argument of an invalid HELLO and sends an empty string in its
-// place. The server then reports the syntax error at this option and never receives the
-// values that follow, which may be credentials.
-func (r *commandReader) replaceEmpty(total int64) {
-	r.helloBad = true
+// helloOptionHidden replaces the first invalid option of a HELLO, which the server
+// names in its error: "Syntax error in HELLO option '(hidden by dbproxy...)'".
+const helloOptionHidden = "(hidden by dbproxy: it may be a credential)"
+
+// replaceInvalid drops an argument of an invalid HELLO and sends helloOptionHidden in
+// place of the first one and empty strings after it. The server then reports the syntax
+// error at this option and never receives the values that follow, which may be
+// credentials.
+func (r *commandReader) replaceInvalid(total int64) {
 	r.drop = total
-	r.out = append(r.out, "$0\r\n\r\n"...)
+	if r.helloBad {
+		r.out = append(r.out, "$0\r\n\r\n"...)
+		return
+	}
+	r.helloBad = true
+	r.out = appendBulk(r.out, helloOptionHidden)
 }
 
 // bulkSize parses a "$N\r\n" header the way Redis does: the two bytes after the number

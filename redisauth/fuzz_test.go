@@ -107,8 +107,14 @@ func expectedRewrite(c []string) []string {
 			case upperASCII(c[j]) == "SETNAME" && more >= 1:
 				out = append(out, c[j], c[j+1])
 				j++
+			case upperASCII(c[j]) == "AUTH" || upperASCII(c[j]) == "SETNAME":
+				out = append(out, c[j])
+				for j++; j < len(c); j++ {
+					out = append(out, "")
+				}
 			default:
-				for ; j < len(c); j++ {
+				out = append(out, helloOptionHidden)
+				for j++; j < len(c); j++ {
 					out = append(out, "")
 				}
 			}
@@ -124,6 +130,7 @@ func expectedRewrite(c []string) []string {
 func FuzzCommandReader(f *testing.F) {
 	f.Add([]byte(resp("SET", "k", "v")+resp("AUTH", "x")+"PING\r\n"), uint8(3), uint8(5))
 	f.Add([]byte(resp("HELLO", "3", "AUTH", "u", "p", "SETNAME", "n")+"RESET\r\n"), uint8(1), uint8(1))
+	f.Add([]byte(resp("HELLO", "3", "AUTH", "u")+"HELLO 3 x AUTH u p\r\nHELLO 3 SETNAME\r\n"), uint8(2), uint8(3))
 	f.Add([]byte("AU\"TH\" 'a b'\r\n*0\r\n*1\r\n$4\r\nPINGxx"), uint8(2), uint8(9))
 	f.Fuzz(func(t *testing.T, input []byte, inChunk, outChunk uint8) {
 		output := rewrite(t, input, testUser, int(inChunk)+1, int(outChunk)+1)

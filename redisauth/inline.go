@@ -93,7 +93,12 @@ func (r *commandReader) rewriteInline(args [][]byte) {
 				j++
 			default:
 				// An invalid option: the server reports it and never receives what follows.
-				for ; j < len(args); j++ {
+				option := helloOptionHidden
+				if equalFold(args[j], "AUTH") || equalFold(args[j], "SETNAME") {
+					option = string(args[j])
+				}
+				out = append(out, option)
+				for j++; j < len(args); j++ {
 					out = append(out, "")
 				}
 			}

@@ -607,3 +607,32 @@ func TestDefaultUserCredentials(t *testing.T) {
 		t.Errorf("go-redis over RESP3: got %q, %v; want default", user, err)
 	}
 }
+
+// TestHelloSyntaxErrorNamesOption checks that the server's syntax error for a HELLO with an
+// incomplete AUTH or SETNAME option names it as Redis does, and that an unknown option,
+// which may be a credential, is replaced by a placeholder.
+func TestHelloSyntaxErrorNamesOption(t *testing.T) {
+	_, p := startRedisProxy(t, appCreds())
+	c := dialRaw(t, p.addr)
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"auth without password", []string{"HELLO", "3", "AUTH", "someone"}, "-ERR Syntax error in HELLO option 'AUTH'"},
+		{"setname without name", []string{"HELLO", "3", "setname"}, "-ERR Syntax error in HELLO option 'setname'"},
+		{"unknown option", []string{"HELLO", "3", "someone", "Secret-1"}, "-ERR Syntax error in HELLO option '" + helloOptionHidden + "'"},
+	}
+	for _, tc := range cases {
+		c.send(t, tc.args...)
+		if got := c.reply(t); got != tc.want {
+			t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
+		}
+	}
+
+	// Inline, as typed into telnet.
+	io.WriteString(c, "HELLO 3 auth someone\r\n")
+	if got, want := c.reply(t), "-ERR Syntax error in HELLO option 'auth'"; got != want {
+		t.Errorf("inline: got %q, want %q", got, want)
+	}
+}
