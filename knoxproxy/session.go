@@ -31,6 +31,7 @@ const (
 	outcomeUnreachable      = "upstream_unreachable"
 	outcomeUpstreamTLS      = "upstream_tls_error"
 	outcomeAuthFailed       = "upstream_auth_failed"
+	outcomeUpstreamRejected = "upstream_rejected"
 	outcomeClientProtocol   = "client_protocol_error"
 	outcomeUpstreamProtocol = "upstream_protocol_error"
 	outcomeLoginTimeout     = "login_timeout"
@@ -445,6 +446,8 @@ func handshakeOutcome(ctx context.Context, err error) string {
 		return outcomeCancelRequest
 	case errors.Is(err, handshake.ErrAuthFailed):
 		return outcomeAuthFailed
+	case errors.Is(err, handshake.ErrUpstreamRejected):
+		return outcomeUpstreamRejected
 	case errors.As(err, &certErr), errors.As(err, &unknownAuthority), errors.As(err, &hostErr):
 		return outcomeUpstreamTLS
 	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
@@ -479,7 +482,7 @@ func (sess *session) closeLine(outcome string, toUpstream, toClient int64, err e
 		sess.log.Debug("session closed", attrs...)
 	case outcomeOK, outcomeClientReset, outcomeCancelRequest, outcomeShutdown, outcomeReload:
 		sess.log.Info("session closed", attrs...)
-	case outcomeClientGone, outcomeClientProtocol, outcomeLoginTimeout:
+	case outcomeClientGone, outcomeClientProtocol, outcomeLoginTimeout, outcomeUpstreamRejected:
 		sess.log.Warn("session closed", attrs...)
 	default:
 		sess.log.Error("session closed", attrs...)

@@ -193,7 +193,7 @@ func TestUpstreamFaults(t *testing.T) {
 			script: func(f *fakeUpstream, c net.Conn) error {
 				return writePacket(c, 0, errPacket(1040, "08004", "Too many connections", true))
 			},
-			wantCode: 1040, wantInMsg: "Too many connections",
+			wantCode: 1040, wantInMsg: "Too many connections", wantErr: ErrUpstreamRejected,
 		},
 	}
 	for _, tt := range tests {

@@ -40,6 +40,10 @@ var (
 	// ErrAuthFailed: the upstream rejected the stored credentials; the client was sent the
 	// server's own error.
 	ErrAuthFailed = handshake.ErrAuthFailed
+	// ErrUpstreamRejected: the upstream refused the session for a reason other than the
+	// credentials (an unknown database, its connection limit); the client was sent the
+	// server's own error.
+	ErrUpstreamRejected = handshake.ErrUpstreamRejected
 	// ErrClientProtocol: the client sent something the protocol does not allow here; it
 	// was sent an error.
 	ErrClientProtocol = handshake.ErrClientProtocol
@@ -186,7 +190,7 @@ func (s *session) run(upstream net.Conn, creds credsource.Credentials) (Conns, e
 		if l.rejected.Code == codeAccessDenied {
 			return Conns{}, fmt.Errorf("upstream login: %w: %w", ErrAuthFailed, l.rejected)
 		}
-		return Conns{}, fmt.Errorf("upstream login: %w", l.rejected)
+		return Conns{}, fmt.Errorf("upstream login: %w: %w", ErrUpstreamRejected, l.rejected)
 	}
 
 	// OK to the client, after the fast-auth marker for a caching_sha2_password client.
@@ -208,7 +212,7 @@ func (s *session) readGreeting(upstream net.Conn) (*greeting, error) {
 	_, p, err := readPacket(upstream, maxGreetingLen)
 	if err == nil && len(p) > 0 && p[0] == mysql.ERR_HEADER {
 		s.sendError(0, p)
-		return nil, fmt.Errorf("upstream greeting: %w", parseErrPacket(p))
+		return nil, fmt.Errorf("upstream greeting: %w: %w", ErrUpstreamRejected, parseErrPacket(p))
 	}
 	if err != nil {
 		err = fmt.Errorf("upstream greeting: %w", upstreamReadError(err))

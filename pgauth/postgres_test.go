@@ -329,6 +329,7 @@ func TestPostgresPgx(t *testing.T) {
 	t.Run("missing database defaults to stored user", func(t *testing.T) {
 		cfg := pgxConfig(t, p, "")
 		cfg.ConnConfig.Database = ""
+		before := len(p.Errors())
 		_, err := pgconn.ConnectConfig(ctx, cfg.ConnConfig.Config.Copy())
 		var pgErr *pgconn.PgError
 		if !errors.As(err, &pgErr) || pgErr.Code != "3D000" {
@@ -336,6 +337,14 @@ func TestPostgresPgx(t *testing.T) {
 		}
 		if !strings.Contains(pgErr.Message, `"app"`) {
 			t.Errorf("message %q does not name database app", pgErr.Message)
+		}
+		// pgx may first try TLS and reconnect, so the rejected session need not be the first.
+		herr := p.lastError(t, before+1)
+		for n := before + 2; !errors.Is(herr, ErrUpstreamRejected) && n <= before+2; n++ {
+			herr = p.lastError(t, n)
+		}
+		if !errors.Is(herr, ErrUpstreamRejected) || errors.Is(herr, ErrAuthFailed) {
+			t.Errorf("Handshake error %v, want ErrUpstreamRejected and not ErrAuthFailed", herr)
 		}
 	})
 }

@@ -56,7 +56,7 @@ func (e *serverError) Unwrap() error {
 	if e.AuthFailed {
 		return handshake.ErrAuthFailed
 	}
-	return nil
+	return handshake.ErrUpstreamRejected
 }
 
 func upstreamProtocolError(format string, args ...any) error {

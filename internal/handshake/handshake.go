@@ -26,6 +26,10 @@ var (
 	// ErrAuthFailed means the upstream rejected the stored credentials. The client has
 	// already been sent the server's own error.
 	ErrAuthFailed = errors.New("upstream rejected the credentials")
+	// ErrUpstreamRejected means the upstream refused the session for a reason other than the
+	// credentials, such as an unknown database or its own connection limit. The client has
+	// already been sent the server's own error.
+	ErrUpstreamRejected = errors.New("upstream rejected the session")
 	// ErrClientProtocol means the client sent something the protocol does not allow at this
 	// point, or that the agent refuses (a password, a TLS request it cannot honour).
 	ErrClientProtocol = errors.New("client protocol error")

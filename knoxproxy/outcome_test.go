@@ -1,0 +1,35 @@
+package knoxproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"testing"
+
+	"github.com/knoxcall/dbproxy/internal/handshake"
+)
+
+func TestHandshakeOutcome(t *testing.T) {
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tc := range []struct {
+		ctx  context.Context
+		err  error
+		want string
+	}{
+		{context.Background(), handshake.ErrAuthFailed, outcomeAuthFailed},
+		{context.Background(), fmt.Errorf("upstream login: %w: 3D000", handshake.ErrUpstreamRejected), outcomeUpstreamRejected},
+		{context.Background(), fmt.Errorf("read: %w: %w", handshake.ErrClientClosed, io.EOF), outcomeClientGone},
+		{context.Background(), handshake.ErrClientProtocol, outcomeClientProtocol},
+		{context.Background(), handshake.ErrUpstreamProtocol, outcomeUpstreamProtocol},
+		{context.Background(), handshake.ErrCancelRequest, outcomeCancelRequest},
+		{context.Background(), context.DeadlineExceeded, outcomeLoginTimeout},
+		{done, io.EOF, outcomeLoginTimeout},
+		{context.Background(), errors.New("other"), outcomeHandshakeFailed},
+	} {
+		if got := handshakeOutcome(tc.ctx, tc.err); got != tc.want {
+			t.Errorf("handshakeOutcome(%v) = %s, want %s", tc.err, got, tc.want)
+		}
+	}
+}
