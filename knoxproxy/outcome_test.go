@@ -21,6 +21,7 @@ func TestHandshakeOutcome(t *testing.T) {
 		{context.Background(), handshake.ErrAuthFailed, outcomeAuthFailed},
 		{context.Background(), fmt.Errorf("upstream login: %w: 3D000", handshake.ErrUpstreamRejected), outcomeUpstreamRejected},
 		{context.Background(), fmt.Errorf("read: %w: %w", handshake.ErrClientClosed, io.EOF), outcomeClientGone},
+		{context.Background(), fmt.Errorf("read: %w: %w", handshake.ErrClientClosed, handshake.ErrEncryptionDeclined), outcomeTLSDeclined},
 		{context.Background(), handshake.ErrClientProtocol, outcomeClientProtocol},
 		{context.Background(), handshake.ErrUpstreamProtocol, outcomeUpstreamProtocol},
 		{context.Background(), handshake.ErrCancelRequest, outcomeCancelRequest},

@@ -26,6 +26,7 @@ const (
 	outcomePeerRejected     = "peer_rejected"
 	outcomeBadFirstBytes    = "first_bytes_rejected"
 	outcomeClientGone       = "client_closed"
+	outcomeTLSDeclined      = "client_tls_declined"
 	outcomeClientReset      = "client_reset"
 	outcomeCredentials      = "credentials_error"
 	outcomeUnreachable      = "upstream_unreachable"
@@ -452,6 +453,8 @@ func handshakeOutcome(ctx context.Context, err error) string {
 		return outcomeUpstreamTLS
 	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
 		return outcomeLoginTimeout
+	case errors.Is(err, handshake.ErrEncryptionDeclined):
+		return outcomeTLSDeclined
 	case errors.Is(err, handshake.ErrClientClosed):
 		return outcomeClientGone
 	case errors.Is(err, handshake.ErrClientProtocol):
@@ -480,7 +483,7 @@ func (sess *session) closeLine(outcome string, toUpstream, toClient int64, err e
 		// A rate-limited warning has already reported the refusal. A line per connection
 		// would let a client flood the log.
 		sess.log.Debug("session closed", attrs...)
-	case outcomeOK, outcomeClientReset, outcomeCancelRequest, outcomeShutdown, outcomeReload:
+	case outcomeOK, outcomeClientReset, outcomeTLSDeclined, outcomeCancelRequest, outcomeShutdown, outcomeReload:
 		sess.log.Info("session closed", attrs...)
 	case outcomeClientGone, outcomeClientProtocol, outcomeLoginTimeout, outcomeUpstreamRejected:
 		sess.log.Warn("session closed", attrs...)

@@ -38,6 +38,9 @@ var (
 	// ErrAuthFailed: the upstream rejected the stored credentials; the client was sent the
 	// server's own error.
 	ErrAuthFailed = handshake.ErrAuthFailed
+	// ErrEncryptionDeclined: the client closed its connection right after the agent declined
+	// its SSLRequest or GSSENCRequest. It also wraps ErrClientClosed.
+	ErrEncryptionDeclined = handshake.ErrEncryptionDeclined
 	// ErrUpstreamRejected: the upstream refused the session for a reason other than the
 	// credentials (an unknown database, its connection limit); the client was sent the
 	// server's own error.

@@ -123,6 +123,9 @@ func TestPostgresPsql(t *testing.T) {
 		if !errors.Is(herr, ErrClientClosed) {
 			t.Errorf("Handshake error = %v, want ErrClientClosed", herr)
 		}
+		if !errors.Is(herr, ErrEncryptionDeclined) {
+			t.Errorf("Handshake error = %v, want ErrEncryptionDeclined", herr)
+		}
 		if herr == nil || !strings.Contains(herr.Error(), "requires TLS (sslmode=require") {
 			t.Errorf("Handshake error = %v, want it to name sslmode=require as the likely cause", herr)
 		}

@@ -199,7 +199,7 @@ func readClientStartup(r *bufio.Reader, w io.Writer) (startupPacket, error) {
 	for range maxEncryptionRequests + 1 {
 		p, err := readStartupPacket(r)
 		if err == io.EOF && declined >= 0 {
-			return p, fmt.Errorf("%w after the agent declined its %s: %s", err, declined, encryptionHint(declined))
+			return p, &declinedError{request: declined}
 		}
 		if err != nil {
 			return p, err
@@ -215,6 +215,20 @@ func readClientStartup(r *bufio.Reader, w io.Writer) (startupPacket, error) {
 		declined = p.Kind
 	}
 	return startupPacket{}, clientProtocolError("more than %d SSLRequest and GSSENCRequest packets", maxEncryptionRequests)
+}
+
+// declinedError is the end of the client's stream right after the agent declined its
+// encryption request. It wraps io.EOF and handshake.ErrEncryptionDeclined.
+type declinedError struct {
+	request packetKind
+}
+
+func (e *declinedError) Error() string {
+	return fmt.Sprintf("EOF after the agent declined its %s: %s", e.request, encryptionHint(e.request))
+}
+
+func (e *declinedError) Unwrap() []error {
+	return []error{io.EOF, handshake.ErrEncryptionDeclined}
 }
 
 // encryptionHint names the likely cause when a client closes its connection right after
