@@ -160,6 +160,15 @@ func (f *File) Check() error {
 	return nil
 }
 
+// Poll re-reads the file when CheckInterval has passed and the file changed, and logs a
+// change in validity as Fetch does. A caller that serves fetches from a cache calls it
+// periodically, so that a broken edit is reported before the cache entries expire.
+func (f *File) Poll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.refreshLocked()
+}
+
 // refreshLocked re-reads the file if it may have changed. f.mu must be held.
 func (f *File) refreshLocked() {
 	now := f.now()
@@ -176,7 +185,7 @@ func (f *File) refreshLocked() {
 	if err != nil {
 		if f.secrets != nil {
 			f.logger().Error("secrets file unavailable, every fetch fails until it is back",
-				"path", f.Path, "error", err)
+				"path", f.Path, "err", err)
 		}
 		// Forget the identity so that the file is read again once it reappears.
 		f.loaded, f.identity = true, fileIdentity{}
@@ -196,10 +205,10 @@ func (f *File) refreshLocked() {
 		f.readErr = err
 		if f.secrets != nil {
 			f.logger().Error("secrets file invalid, still serving its last valid content",
-				"path", f.Path, "error", err)
+				"path", f.Path, "err", err)
 		} else {
 			f.logger().Error("secrets file invalid, every fetch fails until it is fixed",
-				"path", f.Path, "error", err)
+				"path", f.Path, "err", err)
 		}
 		return
 	}
@@ -233,10 +242,10 @@ func (f *File) applyLocked(doc secretsDocument) {
 		case i > maxLoggedProblems:
 		case hasLast:
 			logger.Error("secrets file: invalid secret, still serving its last valid value",
-				"path", f.Path, "secret_id", problem.id, "error", problem.err)
+				"path", f.Path, "secret_id", problem.id, "err", problem.err)
 		default:
 			logger.Error("secrets file: invalid secret, fetches of it fail until it is fixed",
-				"path", f.Path, "secret_id", problem.id, "error", problem.err)
+				"path", f.Path, "secret_id", problem.id, "err", problem.err)
 		}
 	}
 	for id := range f.invalid {

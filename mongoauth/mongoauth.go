@@ -129,7 +129,7 @@ func retryLogin(ctx context.Context, conn net.Conn, hello *command, firstErr err
 	upstream, creds, err := opts.Redial(ctx)
 	if err != nil {
 		if !errors.Is(err, ErrCredentialsUnchanged) {
-			log.Error("redial after rejected credentials failed", "error", err)
+			log.Error("redial after rejected credentials failed", "err", err)
 		}
 		return nil, nil, firstErr
 	}

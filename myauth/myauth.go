@@ -405,7 +405,7 @@ func (s *session) sendError(seq byte, payload []byte) {
 		s.client.SetWriteDeadline(time.Now().Add(errorWriteTimeout))
 	}
 	if err := writePacket(s.client, seq, payload); err != nil {
-		s.log.Debug("mysql client error not sent", "route", s.opts.Route, "error", err)
+		s.log.Debug("mysql client error not sent", "route", s.opts.Route, "err", err)
 	}
 }
 
@@ -451,7 +451,7 @@ func (s *session) retry(first *login, resp, up *response) (*login, error) {
 	conn, creds, err := s.opts.Redial(s.ctx)
 	if err != nil {
 		if !errors.Is(err, ErrCredentialsUnchanged) {
-			s.log.Debug("mysql redial failed", "route", s.opts.Route, "error", err)
+			s.log.Debug("mysql redial failed", "route", s.opts.Route, "err", err)
 		}
 		return first, nil
 	}
@@ -505,11 +505,11 @@ func (s *session) endUpstream(upstream net.Conn, g *greeting, creds credsource.C
 	l, err := loginUpstream(ctx, upstream, g, upstreamResponse(resp, g), creds, s.opts.TLSConfig)
 	if err != nil || l.rejected != nil {
 		s.log.Debug("mysql upstream login after client left failed", "route", s.opts.Route,
-			"error", errors.Join(err, errorOrNil(l)))
+			"err", errors.Join(err, errorOrNil(l)))
 		return
 	}
 	if err := writePacket(l.conn, 0, []byte{mysql.COM_QUIT}); err != nil {
-		s.log.Debug("mysql upstream COM_QUIT failed", "route", s.opts.Route, "error", err)
+		s.log.Debug("mysql upstream COM_QUIT failed", "route", s.opts.Route, "err", err)
 	}
 	// Wait for the server to close, so that the close is the server's and not a reset.
 	l.conn.SetReadDeadline(time.Now().Add(time.Second))

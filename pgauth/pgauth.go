@@ -138,13 +138,13 @@ func Handshake(ctx context.Context, client, upstream net.Conn, creds credsource.
 // retryLogin runs the login once more on the connection that opts.Redial returns. When the
 // redial fails, the first rejection is final and its reply reaches the client.
 func retryLogin(ctx context.Context, p startupPacket, opts Options, log *slog.Logger, firstErr error) (*handshake.BufferedConn, []byte, error) {
-	log.DebugContext(ctx, "upstream rejected the credentials, redialing", "error", firstErr.Error())
+	log.DebugContext(ctx, "upstream rejected the credentials, redialing", "err", firstErr.Error())
 	conn, creds, err := opts.Redial(ctx)
 	if err != nil {
 		if conn != nil {
 			conn.Close()
 		}
-		log.DebugContext(ctx, "redial after authentication failure", "error", err.Error())
+		log.DebugContext(ctx, "redial after authentication failure", "err", err.Error())
 		return nil, nil, fmt.Errorf("%w (redial: %v)", firstErr, err)
 	}
 	stop := watchContext(ctx, conn)
@@ -204,7 +204,7 @@ func forwardCancel(ctx context.Context, upstream net.Conn, raw []byte, cfg *tls.
 	// the client's connection closes keeps the order libpq and pgx rely on: when they see
 	// the close, the cancel has been delivered.
 	if _, err := io.Copy(io.Discard, io.LimitReader(tc, maxCancelReply)); err != nil {
-		log.DebugContext(ctx, "upstream connection after CancelRequest", "error", err.Error())
+		log.DebugContext(ctx, "upstream connection after CancelRequest", "err", err.Error())
 	}
 	return fmt.Errorf("client connection: %w", ErrCancelRequest)
 }

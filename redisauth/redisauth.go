@@ -101,7 +101,7 @@ func Handshake(ctx context.Context, client, upstream net.Conn, creds credsource.
 		replyCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), firstCommandTimeout)
 		defer cancel()
 		if werr := replyToFirstCommand(replyCtx, client, reply); werr != nil {
-			log.Debug("redis error reply not delivered", "route", opts.Route, "error", werr)
+			log.Debug("redis error reply not delivered", "route", opts.Route, "err", werr)
 		}
 		return Conns{}, err
 	}

@@ -244,6 +244,24 @@ func TestRotationWithoutRestart(t *testing.T) {
 	}
 }
 
+// TestBrokenSecretsFileLogged checks that an edit that breaks the secrets file is logged
+// while the cache still serves every fetch, that sessions keep the last valid content, and
+// that the repair is logged too.
+func TestBrokenSecretsFileLogged(t *testing.T) {
+	pg := startPG(t)
+	a := startAgent(t, pg, canary, "config_check_interval: 200ms\n")
+	if out, err := psql(t, a.dsn(""), "select 1"); err != nil {
+		t.Fatalf("before the edit: %v\n%s", err, out)
+	}
+	dbtest.ReplaceFile(t, a.secrets, "secrets: [oops\n")
+	waitLog(t, a.logs, "secrets file invalid, still serving its last valid content", 5*time.Second)
+	if out, err := psql(t, a.dsn(""), "select 'still'"); err != nil || out != "still" {
+		t.Errorf("with the broken file: %v, %q", err, out)
+	}
+	a.writeSecrets(t, canary)
+	waitLog(t, a.logs, "secrets file valid again", 5*time.Second)
+}
+
 func TestUpstreamDown(t *testing.T) {
 	pg := startPG(t)
 	a := startAgent(t, pg, canary, "")

@@ -98,6 +98,8 @@ type switchableSource struct {
 
 	mu    sync.Mutex
 	cache *credsource.Cache
+	// file is the source behind cache when it is a secrets file, else nil.
+	file *credsource.File
 	// retired sums the counters of caches swapped out, so that the cache metrics never
 	// go backwards.
 	retired credsource.CacheStats
@@ -112,20 +114,32 @@ func newSwitchableSource(cfg *agentConfig, log *slog.Logger) *switchableSource {
 // swap installs a new cache over src and returns a function that restores the previous
 // one.
 func (s *switchableSource) swap(src credsource.Source, ttl time.Duration) (undo func()) {
-	if f, ok := src.(*credsource.File); ok && f.Logger == nil {
-		f.Logger = s.log
+	file, _ := src.(*credsource.File)
+	if file != nil && file.Logger == nil {
+		file.Logger = s.log
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	oldCache, oldRetired := s.cache, s.retired
+	oldCache, oldRetired, oldFile := s.cache, s.retired, s.file
 	if oldCache != nil {
 		s.retired = addStats(s.retired, oldCache.Stats())
 	}
-	s.cache = credsource.NewCache(src, ttl)
+	s.cache, s.file = credsource.NewCache(src, ttl), file
 	return func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		s.cache, s.retired = oldCache, oldRetired
+		s.cache, s.retired, s.file = oldCache, oldRetired, oldFile
+	}
+}
+
+// pollFile lets a secrets file behind the cache report an edit that made it invalid, or
+// valid again, while the cache still serves every fetch.
+func (s *switchableSource) pollFile() {
+	s.mu.Lock()
+	file := s.file
+	s.mu.Unlock()
+	if file != nil {
+		file.Poll()
 	}
 }
 

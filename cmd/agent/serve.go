@@ -158,6 +158,7 @@ func (d *daemon) watch(ctx context.Context) {
 				last = cur
 				d.reload(ctx, "config file changed")
 			}
+			d.creds.pollFile()
 		}
 	}
 }
