@@ -805,3 +805,27 @@ func TestShutdownDuringLoginOutcome(t *testing.T) {
 		t.Errorf("log lacks outcome=closed_at_shutdown:\n%s", logs)
 	}
 }
+
+func TestUpstreamHostForms(t *testing.T) {
+	for _, tc := range []struct {
+		host string
+		ok   bool
+	}{
+		{"db.internal", true},
+		{"10.0.0.5", true},
+		{"::1", true},
+		{"fd00::5", true},
+		{"db.internal:5432", false},
+		{"10.0.0.5:5432", false},
+		{"[::1]", false},
+	} {
+		r := Route{Name: "orders", Protocol: "postgres", UpstreamHost: tc.host, UpstreamPort: 5432, SecretID: "s"}
+		err := r.Validate()
+		if tc.ok && err != nil {
+			t.Errorf("Validate with upstream_host %q: %v, want nil", tc.host, err)
+		}
+		if !tc.ok && (err == nil || !strings.Contains(err.Error(), "upstream_host")) {
+			t.Errorf("Validate with upstream_host %q: %v, want an upstream_host error", tc.host, err)
+		}
+	}
+}

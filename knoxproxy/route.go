@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -135,6 +136,9 @@ func (r *Route) Validate() error {
 	}
 	if r.UpstreamHost == "" {
 		return fail("upstream_host", "missing")
+	}
+	if strings.Contains(r.UpstreamHost, ":") && net.ParseIP(r.UpstreamHost) == nil {
+		return fail("upstream_host", "%q is not a host name or IP address; give the port in upstream_port", r.UpstreamHost)
 	}
 	if r.UpstreamPort <= 0 || r.UpstreamPort > 65535 {
 		return fail("upstream_port", "%d is not a TCP port", r.UpstreamPort)

@@ -335,6 +335,8 @@ func TestConfigErrors(t *testing.T) {
 		{"unrelated key suggests nothing", route("    colour: blue\n"), "field colour not found in a route"},
 		{"non-loopback says what to use", route("    listen_address: 10.0.0.1\n"), "use 127.0.0.1 or ::1"},
 		{"bad duration", route("    dial_timeout: ten\n"), `invalid duration "ten"`},
+		{"port in upstream_host", strings.Replace(route(""), "upstream_host: db", "upstream_host: 'db:5432'", 1),
+			`route "orders": upstream_host: "db:5432" is not a host name or IP address; give the port in upstream_port`},
 		{"no source", "routes: []\n", "credentials.source: missing"},
 		{"missing secrets file", strings.Replace(route(""), "secrets.yaml", "nope.yaml", 1), "nope.yaml"},
 		{"empty file", "", "the file is empty"},
