@@ -356,7 +356,7 @@ func (s *Server) drain() error {
 	s.mu.Unlock()
 	s.log.Warn("shutdown timeout reached: closing open sessions", "sessions", n, "timeout", s.cfg.ShutdownTimeout)
 	<-done
-	return fmt.Errorf("%w: closed %d open sessions", ErrShutdownTimeout, n)
+	return fmt.Errorf("%w: open sessions closed: %d", ErrShutdownTimeout, n)
 }
 
 func (s *Server) openSessions() int {

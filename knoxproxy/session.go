@@ -148,6 +148,7 @@ func (sess *session) run(ctx context.Context) {
 			sess.log.Warn("peer rejected before reading", attrs...)
 		}
 		sess.srv.cfg.Observer.PeerRejected(r.Name, reason)
+		sess.log = sess.log.With(peerAttrs(peer)...)
 		sess.closeLine(outcomePeerRejected, 0, 0, nil)
 		return
 	}
