@@ -30,7 +30,9 @@ func main() {
 
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("embed", flag.ContinueOnError)
-	upstream := fs.String("upstream", "db.internal", "PostgreSQL host")
+	upstream := fs.String("upstream", "db.internal", "PostgreSQL host name or address, without a port")
+	upstreamPort := fs.Int("upstream-port", 5432, "PostgreSQL port")
+	localPort := fs.Int("port", 15432, "loopback port of the route")
 	caFile := fs.String("ca-file", "", "PEM CA file for the PostgreSQL certificate; empty means the system roots")
 	listen := fs.String("http", "127.0.0.1:8080", "address of the service's own HTTP API")
 	if err := fs.Parse(args); err != nil {
@@ -40,8 +42,8 @@ func run(ctx context.Context, args []string) error {
 
 	srv, err := knoxproxy.New(knoxproxy.Config{
 		Routes: []knoxproxy.Route{{
-			Name: "orders", Protocol: "postgres", LocalPort: 15432,
-			UpstreamHost: *upstream, UpstreamPort: 5432, SecretID: "orders",
+			Name: "orders", Protocol: "postgres", LocalPort: *localPort,
+			UpstreamHost: *upstream, UpstreamPort: *upstreamPort, SecretID: "orders",
 			AllowedUIDs:    []uint32{uint32(os.Getuid())},
 			MaxConnections: 20,
 			TLS:            knoxproxy.TLS{CAFile: *caFile},
