@@ -140,6 +140,7 @@ func TestParseSecretsErrors(t *testing.T) {
 		{name: "yaml nothing set", data: "secrets:\n  a: {auth_source: admin}\n", want: []string{"line 2", "none of"}},
 		{name: "yaml certificate without key", data: "secrets:\n  a: {certificate: x}\n", want: []string{"private_key"}},
 		{name: "yaml syntax", data: "secrets:\n  a: {password: \"" + canary + "\"\n  b: x\n", want: []string{"invalid YAML", "line"}},
+		{name: "yaml undefined alias", data: "secrets:\n  a: {username: app, password: *" + canary + "}\n", want: []string{"invalid YAML", "undefined anchor", "quote"}},
 		{name: "yaml tab indentation", data: "secrets:\n\ta: {password: " + canary + "}\n", want: []string{"invalid YAML"}},
 		{name: "json syntax", isJSON: true, data: "{\n\"secrets\": {\"a\": {\"password\": " + canary + "}}}", want: []string{"line 2", "invalid JSON syntax"}},
 		{name: "json unknown field", isJSON: true, data: "{\"secrets\": {\"a\": {\n\"username\": \"app\",\n\"pasword\": \"" + canary + "\"}}}", want: []string{"line 3", `"pasword"`, `secret "a"`}},

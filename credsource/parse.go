@@ -144,8 +144,7 @@ func validateSecret(creds Credentials) error {
 func parseYAML(data []byte) (secretsDocument, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		// yaml.v3 syntax errors read "yaml: line N: <problem>" with a fixed problem text.
-		return secretsDocument{}, fmt.Errorf("invalid YAML: %s", strings.TrimPrefix(err.Error(), "yaml: "))
+		return secretsDocument{}, fmt.Errorf("invalid YAML: %s", yamlErrorText(err))
 	}
 	secretsNode, err := findYAMLSecrets(&root)
 	if err != nil {
@@ -170,6 +169,18 @@ func parseYAML(data []byte) (secretsDocument, error) {
 		doc.add(seen, id, idNode.Line, creds, err)
 	}
 	return doc, nil
+}
+
+// yamlErrorText returns the problem of a yaml.v3 parse error without its value. Syntax
+// errors read "yaml: line N: <problem>" with a fixed problem text, but the undefined-alias
+// error quotes the alias name, and an unquoted password that starts with "*" is parsed as
+// an alias.
+func yamlErrorText(err error) string {
+	text := strings.TrimPrefix(err.Error(), "yaml: ")
+	if strings.HasPrefix(text, "unknown anchor ") {
+		return "an alias (a value that starts with *) refers to an undefined anchor; quote the value if it is a literal"
+	}
+	return text
 }
 
 // findYAMLSecrets returns the value of the top-level key "secrets" of a parsed document.
