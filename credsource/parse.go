@@ -228,6 +228,9 @@ func parseYAMLSecret(entry *yaml.Node) (Credentials, error) {
 		if valueNode.Kind != yaml.ScalarNode {
 			return Credentials{}, fmt.Errorf("line %d: key %q must have a string value", valueNode.Line, key)
 		}
+		if err := checkYAMLMarks(entry.Content[i+1], valueNode, key); err != nil {
+			return Credentials{}, err
+		}
 		value := valueNode.Value
 		if isYAMLNull(valueNode) {
 			value = ""
@@ -240,6 +243,20 @@ func parseYAMLSecret(entry *yaml.Node) (Credentials, error) {
 		return Credentials{}, fmt.Errorf("line %d: %w", entry.Line, err)
 	}
 	return creds, nil
+}
+
+// checkYAMLMarks rejects a value that YAML reads differently from its text: an unquoted
+// password that starts with "&" becomes an anchor with an empty value, and one that starts
+// with "!" becomes a tag followed by the rest of the password. raw is the value as written
+// and value is raw with its alias resolved. The errors quote neither the anchor nor the tag.
+func checkYAMLMarks(raw, value *yaml.Node, key string) error {
+	if raw.Anchor != "" && isYAMLNull(raw) {
+		return fmt.Errorf("line %d: key %q has an anchor (a value that starts with &) but no value; quote the value if it is a literal", raw.Line, key)
+	}
+	if tag := value.ShortTag(); !strings.HasPrefix(tag, "!!") {
+		return fmt.Errorf("line %d: key %q has a custom YAML tag (a value that starts with !); quote the value if it is a literal", value.Line, key)
+	}
+	return nil
 }
 
 func resolveAlias(n *yaml.Node) *yaml.Node {
