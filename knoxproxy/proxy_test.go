@@ -604,6 +604,8 @@ func TestSniff(t *testing.T) {
 		{"http options", "OPTIONS * HTTP/1.1\r\n", false, reasonHTTP},
 		{"tls hello", "\x16\x03\x01\x00\xa5", false, reasonTLSHello},
 		{"0x16 not tls", "\x16\x00\x00\x00", false, ""},
+		{"mongo length 790", "\x16\x03\x00\x00\x01\x00\x00\x00", false, ""},
+		{"tls 1.3 record version", "\x16\x03\x03\x00\xa5", false, reasonTLSHello},
 		{"redis inline get", "GET key\r\n", true, ""},
 		{"redis inline get url", "GET / HTTP/1.1\r\n", true, reasonHTTP},
 		{"redis post", "POST http://x/ HTTP/1.1\r\n", true, reasonHTTP},

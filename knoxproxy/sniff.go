@@ -34,15 +34,26 @@ func sniff(r *bufio.Reader, redisInline bool) (string, error) {
 		return reasonNotRedis, nil
 	}
 
-	// A TLS record starts with content type 22 (handshake) and major version 3. No
-	// database protocol handled here starts that way: PostgreSQL and MongoDB begin with a
-	// length, Redis with '*' or a letter.
+	// A TLS record starts with content type 22 (handshake) and a record version. Current
+	// clients put 3.1 or 3.3 there in their ClientHello (RFC 8446 section 5.1). Redis starts
+	// with '*' or a letter, and PostgreSQL with a big-endian length far below 0x16030000.
+	// MongoDB starts with a little-endian length, and a 790-byte first message begins with
+	// 0x16 0x03 0x00, so only versions 3.1 to 3.4 count.
+	// NOTE: a client that sends record version 3.0, which RFC 5246 appendix E.1 still
+	// allowed, is not caught here and fails later in the protocol's handshake.
 	if first[0] == 0x16 {
 		ok, err := hasPrefix(r, []byte{0x16, 0x03})
-		if ok {
+		if !ok {
+			return "", err
+		}
+		head, err := r.Peek(3)
+		if err != nil {
+			return "", err
+		}
+		if minor := head[2]; minor >= 1 && minor <= 4 {
 			return reasonTLSHello, nil
 		}
-		return "", err
+		return "", nil
 	}
 
 	for _, m := range httpMethods {
