@@ -121,7 +121,7 @@ func (h *HTTP) Fetch(ctx context.Context, id string) (Credentials, error) {
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 		return Credentials{}, fmt.Errorf("http source: secret %q: %s: %w (check the token)", id, resp.Status, ErrUnauthorized)
 	case resp.StatusCode != http.StatusOK:
-		return Credentials{}, fmt.Errorf("http source: secret %q: unexpected status %s%s", id, resp.Status, quoteBody(body))
+		return Credentials{}, fmt.Errorf("http source: secret %q: unexpected status %s%s", id, resp.Status, quoteBody(body, token))
 	case readErr != nil:
 		return Credentials{}, fmt.Errorf("http source: secret %q: read response: %w", id, readErr)
 	case len(body) > maxSecretSize:
@@ -208,9 +208,12 @@ func (h *HTTP) token() (string, error) {
 }
 
 // quoteBody formats the start of an error response for an error message. Error bodies of a
-// secrets API describe the failure; a 200 body, which holds the secret, is never quoted.
-func quoteBody(body []byte) string {
-	text := strings.TrimSpace(string(body[:min(len(body), maxErrorBodyInError)]))
+// secrets API describe the failure; a 200 body, which holds the secret, is never quoted. A
+// server or a proxy in front of it may echo the request headers, so the token is replaced
+// before the body is cut, which also keeps a token cut in half out of the message.
+func quoteBody(body []byte, token string) string {
+	text := strings.ReplaceAll(string(body), token, "[redacted]")
+	text = strings.TrimSpace(text[:min(len(text), maxErrorBodyInError)])
 	if text == "" {
 		return ""
 	}

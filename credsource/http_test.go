@@ -136,6 +136,8 @@ func TestHTTPStatusErrors(t *testing.T) {
 		{name: "wrong token", id: "s", token: "wrong", is: ErrUnauthorized, want: "401 Unauthorized"},
 		{name: "forbidden", status: 403, id: "s", token: testToken, is: ErrUnauthorized, want: "403 Forbidden"},
 		{name: "server error", status: 500, body: "database locked", id: "s", token: testToken, want: `500 Internal Server Error: "database locked"`},
+		{name: "server error echoing token", status: 500, body: "bad header: Bearer " + testToken, id: "s", token: testToken, want: `500 Internal Server Error: "bad header: Bearer [redacted]"`},
+		{name: "token cut at the quote limit", status: 500, body: strings.Repeat("x", maxErrorBodyInError-4) + testToken, id: "s", token: testToken, want: "xxxx[red"},
 		{name: "redirect not followed", status: 302, id: "s", token: testToken, want: "unexpected status 302"},
 		{name: "invalid body", status: 200, body: `{"username": 1}`, id: "s", token: testToken, want: `key "username" must have a string value`},
 		{name: "body too large", status: 200, body: strings.Repeat(" ", maxSecretSize+10), id: "s", token: testToken, want: "exceeds 1048576 bytes"},
