@@ -196,6 +196,8 @@ type harnessOptions struct {
 	loginTimeout    time.Duration
 	maxConnections  int
 	maxLogins       int
+	// beforeDial, if set, runs at the start of each upstream dial.
+	beforeDial func()
 }
 
 func startHarness(t *testing.T, o harnessOptions) *harness {
@@ -228,6 +230,9 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		MaxLogins:       o.maxLogins,
 		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			dials.Add(1)
+			if o.beforeDial != nil {
+				o.beforeDial()
+			}
 			return d.DialContext(ctx, network, addr)
 		},
 	})
@@ -773,6 +778,38 @@ func TestUpdateRoutes(t *testing.T) {
 	waitUntil(t, 5*time.Second, func() bool {
 		return strings.Contains(h.logs.String(), "outcome=closed_at_reload")
 	}, func() string { return "no close line with outcome=closed_at_reload:\n" + h.logs.String() })
+}
+
+func TestReloadDuringDialOutcome(t *testing.T) {
+	dialing := make(chan struct{})
+	release := make(chan struct{})
+	var once sync.Once
+	h := startHarness(t, harnessOptions{beforeDial: func() {
+		once.Do(func() { close(dialing) })
+		<-release
+	}})
+	c := h.dial(t)
+	io.WriteString(c, "LOGIN\n")
+	select {
+	case <-dialing:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the session did not dial the upstream")
+	}
+
+	// Remove the route while its session dials, then let the dial finish.
+	billing := h.srv.cfg.Routes[0]
+	billing.Name = "billing"
+	billing.LocalPort = dbtest.FreePort(t)
+	if err := h.srv.Update([]Route{billing}); err != nil {
+		t.Fatalf("Update: %v", err)
+	}
+	close(release)
+	waitUntil(t, 5*time.Second, func() bool {
+		return strings.Contains(h.logs.String(), `msg="session closed"`)
+	}, func() string { return "no close line:\n" + h.logs.String() })
+	if logs := h.logs.String(); !strings.Contains(logs, "outcome=closed_at_reload") {
+		t.Errorf("log lacks outcome=closed_at_reload:\n%s", logs)
+	}
 }
 
 func TestClientCertSecretWithoutCertificate(t *testing.T) {

@@ -337,8 +337,9 @@ func (sess *session) dial(ctx context.Context) (net.Conn, error) {
 		return nil, err
 	}
 	if !sess.setUpstream(c) {
+		// abort ran during the dial. Wrapping net.ErrClosed lets run log abort's outcome.
 		c.Close()
-		return nil, errors.New("dial upstream: session closed at shutdown")
+		return nil, fmt.Errorf("dial upstream: session aborted: %w", net.ErrClosed)
 	}
 	return c, nil
 }
