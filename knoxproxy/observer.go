@@ -5,7 +5,8 @@ import "time"
 // Observer receives session events, for metrics. The server calls it from session
 // goroutines, so implementations must be safe for concurrent use and return quickly.
 type Observer interface {
-	// SessionOpened is called when a session passed the peer check.
+	// SessionOpened is called when a session passed the peer check and the connection
+	// limits.
 	SessionOpened(route string)
 	// SessionClosed is called once per accepted connection, with the outcome label that the
 	// close log line shows and the bytes relayed each way.
@@ -13,9 +14,9 @@ type Observer interface {
 	// LoginFinished is called when a login phase ends, with its duration from accept and
 	// the session outcome so far ("ok" when the splice starts).
 	LoginFinished(route, protocol, outcome string, duration time.Duration)
-	// PeerRejected is called for a connection closed by the peer check or by its first
-	// bytes, with the reason label (uid_not_allowed, peer_unknown, http_request,
-	// tls_client_hello, too_many_connections).
+	// PeerRejected is called for a connection closed by the peer check, by a connection
+	// limit or by its first bytes, with the reason label (uid_not_allowed, peer_unknown,
+	// too_many_connections, too_many_logins, http_request, tls_client_hello, not_redis).
 	PeerRejected(route, reason string)
 	// CredentialsFetched is called after each credential fetch; err is nil on success.
 	CredentialsFetched(route string, err error)

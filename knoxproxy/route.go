@@ -16,7 +16,7 @@ import (
 	"time"
 )
 
-// Default timeouts, used when a Route leaves the field zero.
+// Default timeouts, used when a Route or Config leaves the field zero.
 const (
 	// DefaultDialTimeout bounds the TCP connect to the upstream.
 	DefaultDialTimeout = 10 * time.Second

@@ -21,8 +21,8 @@ import (
 	"github.com/knoxcall/dbproxy/peercred"
 )
 
-// ErrShutdownTimeout is returned by Serve when sessions were still open after the shutdown
-// timeout and had to be closed.
+// ErrShutdownTimeout is returned (wrapped) by Serve when sessions were still open after the
+// shutdown timeout and had to be closed.
 var ErrShutdownTimeout = errors.New("shutdown timeout reached")
 
 // Config is the configuration of a Server.
@@ -33,9 +33,9 @@ type Config struct {
 	// Serve calls Fetch once per session, and after the upstream rejected credentials it
 	// calls the source's Refresh method, or Invalidate and then Fetch, when it has them.
 	Credentials credsource.Source
-	// PeerChecker identifies the process behind each accepted connection. Nil means the
-	// platform's default (peercred.New); on platforms without one, routes with AllowedUIDs
-	// reject every connection.
+	// PeerChecker identifies the process behind each accepted connection. Nil means
+	// &peercred.Kernel{}, which finds the UID of TCP peers but not their PID. On platforms
+	// without a peer lookup, routes with AllowedUIDs then reject every connection.
 	PeerChecker peercred.Checker
 	// Logger receives lifecycle, session and refusal lines. Nil means no logging.
 	Logger *slog.Logger
@@ -163,7 +163,8 @@ func Serve(ctx context.Context, cfg Config) error {
 	return s.Serve(ctx)
 }
 
-// Ready is closed once every listener is bound.
+// Ready is closed once every listener is bound. It stays open when Serve fails to bind, so
+// wait for Serve's return as well.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
 // Addr returns the TCP address bound for the named route, or nil for a route that is not
@@ -180,6 +181,7 @@ func (s *Server) Addr(route string) net.Addr {
 // Serve binds every route's listeners, or none of them if any fails, and serves sessions
 // until ctx ends. It then stops accepting, lets live sessions finish for up to the shutdown
 // timeout, and closes those still open, returning ErrShutdownTimeout if there were any.
+// Serve may be called only once.
 func (s *Server) Serve(ctx context.Context) error {
 	s.updateMu.Lock()
 	bound, err := s.bindRoutes(ctx, s.cfg.Routes)
