@@ -433,6 +433,31 @@ func TestCredentialsMissing(t *testing.T) {
 	}
 }
 
+func TestInvalidOwnClientCertificateLogged(t *testing.T) {
+	h := startHarness(t, harnessOptions{})
+	// The route's own secret carries a client certificate that does not parse.
+	h.source.Static.Set("sec", credsource.Credentials{
+		Username: "app", Password: "secret",
+		Certificate: []byte("not a certificate"), PrivateKey: []byte("not a key"),
+	})
+	c := h.dial(t)
+	io.WriteString(c, "LOGIN\n")
+	readLine(t, bufio.NewReader(c))
+	h.stop(t)
+	var line string
+	for l := range strings.SplitSeq(h.logs.String(), "\n") {
+		if strings.Contains(l, `msg="client certificate unavailable"`) {
+			line = l
+		}
+	}
+	if line == "" {
+		t.Fatalf("no client certificate line:\n%s", h.logs)
+	}
+	if !strings.Contains(line, "secret_id=sec ") {
+		t.Errorf("got %q, want secret_id=sec, the secret that holds the certificate", line)
+	}
+}
+
 func TestUpstreamUnreachable(t *testing.T) {
 	h := startHarness(t, harnessOptions{})
 	h.upstream.ln.Close()

@@ -278,7 +278,8 @@ func (sess *session) login(ctx context.Context) (handshake.Conns, string, error)
 	// Fetch the client certificate for mutual TLS, if the route names one.
 	tlsConfig, err := sess.tlsConfig(ctx, creds)
 	if err != nil {
-		sess.log.Error("client certificate unavailable", "secret_id", r.TLS.ClientCertSecretID, "err", err)
+		sess.log.Error("client certificate unavailable",
+			"secret_id", cmp.Or(r.TLS.ClientCertSecretID, r.SecretID), "err", err)
 		return handshake.Conns{}, outcomeCredentials, sess.reject(ctx, client, err)
 	}
 
