@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -283,21 +284,13 @@ func (s *Server) Update(routes []Route) error {
 		s.startRoute(rs)
 	}
 	for _, rs := range stopped {
-		if _, still := keepOrNew(routes, rs.route.Name); !still {
+		still := slices.ContainsFunc(routes, func(r Route) bool { return r.Name == rs.route.Name })
+		if !still {
 			s.log.Info("route removed", "route", rs.route.Name)
 		}
 	}
 	s.cfg.Routes = append([]Route(nil), routes...)
 	return nil
-}
-
-func keepOrNew(routes []Route, name string) (Route, bool) {
-	for _, r := range routes {
-		if r.Name == name {
-			return r, true
-		}
-	}
-	return Route{}, false
 }
 
 // startRoute registers rs and starts its accept loops.
