@@ -377,6 +377,24 @@ func (sess *session) recordFetch(err error) {
 	sess.srv.cfg.Observer.CredentialsFetched(sess.rs.route.Name, err)
 }
 
+// refresher is a source that fetches again past its cache, such as credsource.Cache.
+type refresher interface {
+	Refresh(ctx context.Context, id string, rejected credsource.Credentials) (credsource.Credentials, error)
+}
+
+// invalidator is a source that can drop a cached entry, such as credsource.File.
+type invalidator interface {
+	Invalidate(id string)
+}
+
+// refetch type-switches on these sources, so a changed method signature would silently
+// turn off the refresh without these assertions.
+var (
+	_ refresher   = (*credsource.Cache)(nil)
+	_ invalidator = (*credsource.Cache)(nil)
+	_ invalidator = (*credsource.File)(nil)
+)
+
 // refetch fetches id again after the upstream rejected the credentials in rejected, past
 // any cache in src: a credsource.Cache refreshes the entry (sharing one fetch among sessions
 // that saw the same rejection), another source with Invalidate drops its entry first.
@@ -386,11 +404,9 @@ func refetch(ctx context.Context, src credsource.Source, id string, rejected cre
 		err   error
 	)
 	switch s := src.(type) {
-	case interface {
-		Refresh(context.Context, string, credsource.Credentials) (credsource.Credentials, error)
-	}:
+	case refresher:
 		fresh, err = s.Refresh(ctx, id, rejected)
-	case interface{ Invalidate(id string) }:
+	case invalidator:
 		s.Invalidate(id)
 		fresh, err = src.Fetch(ctx, id)
 	default:
