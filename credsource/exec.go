@@ -41,7 +41,8 @@ const (
 // and exits with status 0. Exit status ExitNotFound means the id is unknown. Any other
 // status, a timeout or invalid JSON makes Fetch fail with an error that carries the exit
 // status and the start of the helper's stderr, but never its stdout, which may hold a
-// secret. The helper inherits the agent's environment and working directory.
+// secret. The helper inherits the agent's environment and working directory. On Unix it
+// runs in a process group of its own, and a timeout kills that whole group.
 //
 // Wrap Exec in a Cache: it starts a process for every call.
 type Exec struct {
@@ -72,6 +73,7 @@ func (e *Exec) Fetch(ctx context.Context, id string) (Credentials, error) {
 	args := append(append([]string(nil), e.Command[1:]...), id)
 	cmd := exec.CommandContext(ctx, e.Command[0], args...)
 	cmd.WaitDelay = execWaitDelay
+	killGroupOnCancel(cmd)
 	stdout := &limitedBuffer{max: maxSecretSize}
 	stderr := &limitedBuffer{max: maxStderrInError}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
@@ -88,6 +90,10 @@ func (e *Exec) Fetch(ctx context.Context, id string) (Credentials, error) {
 	case stdout.overflow:
 		return Credentials{}, fmt.Errorf("exec source: helper %s for secret %q: output exceeds %d bytes",
 			helper, id, maxSecretSize)
+	case errors.Is(err, exec.ErrWaitDelay):
+		return Credentials{}, fmt.Errorf("exec source: helper %s for secret %q exited with status 0, "+
+			"but a process it started kept its stdout or stderr open for %v after that; "+
+			"redirect the output of background processes in the helper", helper, id, execWaitDelay)
 	case err != nil:
 		var exitErr *exec.ExitError
 		if errors.As(err, &exitErr) && exitErr.ExitCode() == ExitNotFound {
