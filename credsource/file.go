@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -265,9 +266,19 @@ func (f *File) read(info fs.FileInfo) (secretsDocument, error) {
 	if info.Size() > maxFileSize {
 		return secretsDocument{}, fmt.Errorf("size %d exceeds the maximum of %d bytes", info.Size(), maxFileSize)
 	}
-	data, err := os.ReadFile(f.Path)
+	// The file may have grown since the stat, and files such as those under /proc report
+	// size 0, so the read is bounded too.
+	file, err := os.Open(f.Path)
 	if err != nil {
 		return secretsDocument{}, withoutPath(err)
+	}
+	defer file.Close()
+	data, err := io.ReadAll(io.LimitReader(file, maxFileSize+1))
+	if err != nil {
+		return secretsDocument{}, withoutPath(err)
+	}
+	if len(data) > maxFileSize {
+		return secretsDocument{}, fmt.Errorf("size exceeds the maximum of %d bytes", maxFileSize)
 	}
 	return parseSecretsDocument(data, isJSONPath(f.Path))
 }

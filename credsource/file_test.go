@@ -340,3 +340,20 @@ func FuzzParseSecrets(f *testing.F) {
 		}
 	})
 }
+
+func TestFileReadBoundsGrownFile(t *testing.T) {
+	path := writeFile(t, t.TempDir(), "secrets.yaml", "secrets: {}\n")
+	info, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The file grows past the limit between the stat and the read.
+	grown := "secrets: {}\n#" + strings.Repeat("x", maxFileSize) + "\n"
+	if err := os.WriteFile(path, []byte(grown), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = NewFile(path).read(info)
+	if err == nil || !strings.Contains(err.Error(), "exceeds the maximum") {
+		t.Errorf("read = %v, want an error about the size", err)
+	}
+}
