@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 )
 
 const (
@@ -20,6 +21,9 @@ const (
 	DefaultHTTPTimeout = 10 * time.Second
 	// maxErrorBodyInError bounds how much of an error response body an error quotes.
 	maxErrorBodyInError = 256
+	// maxTokenSize bounds the token file. It is an estimate, chosen well above the size
+	// of the bearer tokens, JWTs included, that secrets APIs issue.
+	maxTokenSize = 64 << 10
 )
 
 // ErrUnauthorized is returned (wrapped) by HTTP when the secrets API rejects the token with
@@ -43,7 +47,8 @@ type HTTP struct {
 	// BaseURL is the API's https URL, with an optional path prefix. Required.
 	BaseURL string
 	// TokenFile is a file that contains the bearer token; surrounding white space is
-	// ignored. Exactly one of TokenFile and TokenEnv is required.
+	// ignored. A token with white space or a control character inside, and a file of
+	// more than 64 KiB, are errors. Exactly one of TokenFile and TokenEnv is required.
 	TokenFile string
 	// TokenEnv is the environment variable that contains the bearer token.
 	TokenEnv string
@@ -187,7 +192,7 @@ func (h *HTTP) token() (string, error) {
 	case h.TokenFile != "" && h.TokenEnv != "":
 		return "", errors.New("http source: set token_file or token_env, not both")
 	case h.TokenFile != "":
-		data, err := os.ReadFile(h.TokenFile)
+		data, err := readTokenFile(h.TokenFile)
 		if err != nil {
 			return "", fmt.Errorf("http source: token_file: %w", err)
 		}
@@ -196,15 +201,51 @@ func (h *HTTP) token() (string, error) {
 		if token == "" {
 			return "", fmt.Errorf("http source: token_file %s is empty", h.TokenFile)
 		}
+		if err := checkToken(token); err != nil {
+			return "", fmt.Errorf("http source: token_file %s: %w", h.TokenFile, err)
+		}
 		return token, nil
 	case h.TokenEnv != "":
 		token := strings.TrimSpace(os.Getenv(h.TokenEnv))
 		if token == "" {
 			return "", fmt.Errorf("http source: token_env: variable %s is not set or empty", h.TokenEnv)
 		}
+		if err := checkToken(token); err != nil {
+			return "", fmt.Errorf("http source: token_env: variable %s: %w", h.TokenEnv, err)
+		}
 		return token, nil
 	}
 	return "", errors.New("http source: token_file or token_env is required")
+}
+
+// readTokenFile reads at most maxTokenSize bytes of path, so that a token_file that names
+// a large file or a device such as /dev/zero fails instead of filling memory.
+func readTokenFile(path string) ([]byte, error) {
+	file, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer file.Close()
+	data, err := io.ReadAll(io.LimitReader(file, maxTokenSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxTokenSize {
+		clear(data)
+		return nil, fmt.Errorf("%s is larger than %d bytes: it does not contain only a token", path, maxTokenSize)
+	}
+	return data, nil
+}
+
+// checkToken rejects a token that cannot be sent as a bearer token: one with white space
+// or a control character inside, which a file of several lines or a pasted "Bearer " prefix
+// leaves. The error never quotes the token.
+func checkToken(token string) error {
+	if i := strings.IndexFunc(token, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }); i >= 0 {
+		return fmt.Errorf("the token contains white space or a control character at byte %d; "+
+			"the file or variable must contain only the token", i)
+	}
+	return nil
 }
 
 // quoteBody formats the start of an error response for an error message. Error bodies of a

@@ -200,6 +200,7 @@ func TestHTTPTimeout(t *testing.T) {
 
 func TestHTTPConfigErrors(t *testing.T) {
 	token := tokenFile(t, testToken)
+	t.Setenv("DBPROXY_TEST_SPLIT_TOKEN", "Bearer "+testToken)
 	for _, tc := range []struct {
 		name string
 		src  *HTTP
@@ -212,12 +213,19 @@ func TestHTTPConfigErrors(t *testing.T) {
 		{"both tokens", &HTTP{BaseURL: "https://127.0.0.1:1", TokenFile: token, TokenEnv: "X"}, "not both"},
 		{"missing token file", &HTTP{BaseURL: "https://127.0.0.1:1", TokenFile: "/nonexistent/token"}, "token_file"},
 		{"unset token env", &HTTP{BaseURL: "https://127.0.0.1:1", TokenEnv: "DBPROXY_TEST_UNSET_TOKEN"}, "DBPROXY_TEST_UNSET_TOKEN is not set"},
+		{"token with a line break", &HTTP{BaseURL: "https://127.0.0.1:1", TokenFile: tokenFile(t, "first\nsecond")}, "white space or a control character at byte 5"},
+		{"token with a prefix", &HTTP{BaseURL: "https://127.0.0.1:1", TokenFile: tokenFile(t, "Bearer "+testToken)}, "white space"},
+		{"token env with a prefix", &HTTP{BaseURL: "https://127.0.0.1:1", TokenEnv: "DBPROXY_TEST_SPLIT_TOKEN"}, "DBPROXY_TEST_SPLIT_TOKEN: the token contains white space"},
+		{"token file too large", &HTTP{BaseURL: "https://127.0.0.1:1", TokenFile: tokenFile(t, strings.Repeat("x", maxTokenSize+1))}, "larger than 65536 bytes"},
 		{"missing ca file", &HTTP{BaseURL: "https://127.0.0.1:1", TokenFile: token, CAFile: "/nonexistent/ca.pem"}, "ca_file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.src.Check()
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("Check = %v, want an error containing %q", err, tc.want)
+			}
+			if err != nil && strings.Contains(err.Error(), testToken) {
+				t.Errorf("Check error contains the token: %q", err)
 			}
 		})
 	}
