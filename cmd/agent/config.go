@@ -189,7 +189,13 @@ func loadConfig(path string) (*agentConfig, error) {
 	cc := fc.Credentials
 	cc.Path, cc.TokenFile, cc.CAFile = resolve(cc.Path), resolve(cc.TokenFile), resolve(cc.CAFile)
 	if len(cc.Command) > 0 && cc.Command[0] != "" && !filepath.IsAbs(cc.Command[0]) && strings.ContainsRune(cc.Command[0], '/') {
-		cc.Command = append([]string{resolve(cc.Command[0])}, cc.Command[1:]...)
+		helper := resolve(cc.Command[0])
+		if !strings.ContainsRune(helper, filepath.Separator) {
+			// filepath.Join drops the "./" of a helper beside a config file named without a
+			// directory, and exec would then look the bare name up in PATH.
+			helper = "." + string(filepath.Separator) + helper
+		}
+		cc.Command = append([]string{helper}, cc.Command[1:]...)
 	}
 	cfg.credentials = cc
 	source, warnings, err := newSource(cc)

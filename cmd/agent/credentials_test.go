@@ -52,3 +52,32 @@ func TestConfigMaxLogins(t *testing.T) {
 		t.Errorf("maxLogins = %d, want 7", cfg.maxLogins)
 	}
 }
+
+// TestConfigExecHelperBesideConfig checks that a helper given as ./name runs from the
+// configuration file's directory when the agent is started with -config NAME, and is not
+// looked up in PATH, where another program of that name may be.
+func TestConfigExecHelperBesideConfig(t *testing.T) {
+	dir := t.TempDir()
+	helper := "#!/bin/sh\necho '{\"username\": \"u\", \"password\": \"p\"}'\n"
+	if err := os.WriteFile(filepath.Join(dir, "helper"), []byte(helper), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	config := "credentials: {source: exec, command: [./helper]}\nroutes:\n" +
+		"  - {name: orders, protocol: postgres, upstream_host: db, upstream_port: 5432, committed_secret_id: s}\n"
+	if err := os.WriteFile(filepath.Join(dir, "agent.yaml"), []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+
+	cfg, err := loadConfig("agent.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := cfg.source.Fetch(t.Context(), "s")
+	if err != nil {
+		t.Fatalf("Fetch through the helper beside the config: %v", err)
+	}
+	if creds.Username != "u" {
+		t.Errorf("user = %q, want u", creds.Username)
+	}
+}
