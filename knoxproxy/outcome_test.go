@@ -1,10 +1,13 @@
 package knoxproxy
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"testing"
 
 	"github.com/knoxcall/dbproxy/internal/handshake"
@@ -31,6 +34,19 @@ func TestHandshakeOutcome(t *testing.T) {
 	} {
 		if got := handshakeOutcome(tc.ctx, tc.err); got != tc.want {
 			t.Errorf("handshakeOutcome(%v) = %s, want %s", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestRawConnUnwraps(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	tc := tls.Client(a, &tls.Config{})
+	wrapped := &handshake.BufferedConn{Conn: tc, R: bufio.NewReader(tc)}
+	for _, c := range []net.Conn{a, tc, wrapped} {
+		if got := rawConn(c); got != a {
+			t.Errorf("rawConn(%T) = %T %p, want the pipe end %p", c, got, got, a)
 		}
 	}
 }

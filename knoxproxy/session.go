@@ -104,7 +104,23 @@ func (sess *session) abort(outcome string) {
 	sess.abortOutcome = outcome
 	sess.conn.Close()
 	if sess.upstream != nil {
-		sess.upstream.Close()
+		rawConn(sess.upstream).Close()
+	}
+}
+
+// rawConn returns the connection under c's read buffer and TLS layer. abort closes that
+// one, because tls.Conn.Close first writes a close_notify alert, which can block for up to
+// 5 s on a peer that stopped reading, and abort runs with the server's lock held.
+func rawConn(c net.Conn) net.Conn {
+	for {
+		switch v := c.(type) {
+		case *handshake.BufferedConn:
+			c = v.Conn
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		default:
+			return c
+		}
 	}
 }
 
