@@ -114,10 +114,52 @@ func setField(creds *Credentials, key, value string) error {
 	case keyAuthSource:
 		creds.AuthSource = value
 	default:
-		return fmt.Errorf("unknown key %q (expected %s, %s, %s, %s or %s)",
-			key, keyUsername, keyPassword, keyCertificate, keyPrivateKey, keyAuthSource)
+		return fmt.Errorf("%s (expected %s, %s, %s, %s or %s)",
+			describeUnknownKey(key), keyUsername, keyPassword, keyCertificate, keyPrivateKey, keyAuthSource)
 	}
 	return nil
+}
+
+// describeUnknownKey names an unknown key of a secret without echoing a value that was
+// written in the place of a key. In a YAML flow mapping, "{password:hunter2}" and
+// "{username: app, hunter2}" both make the password a key. The key is quoted only when it
+// is a misspelling of a known key.
+func describeUnknownKey(key string) string {
+	for _, known := range []string{keyUsername, keyPassword, keyCertificate, keyPrivateKey, keyAuthSource} {
+		if editDistance(key, known) <= 2 {
+			return fmt.Sprintf("unknown key %q", key)
+		}
+		if rest, ok := strings.CutPrefix(key, known); ok && rest != "" && !isKeyChar(rest[0]) {
+			return fmt.Sprintf("unknown key that starts with %q and %q (write a space after the colon of %q)",
+				known, rest[:1], known)
+		}
+	}
+	return "unknown key, not quoted because it may be a value (check for a missing key or colon)"
+}
+
+func isKeyChar(c byte) bool {
+	return c == '_' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+}
+
+// editDistance returns the Levenshtein distance between a and b, counted in bytes.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // validateSecret checks one parsed secret. The messages name keys only.
