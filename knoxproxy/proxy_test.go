@@ -160,10 +160,15 @@ type countingSource struct {
 	// afterFetch, if set, runs once after the first fetch.
 	afterFetch func()
 	once       sync.Once
+	// fail, if set, is the error of every fetch.
+	fail error
 }
 
 func (s *countingSource) Fetch(ctx context.Context, id string) (credsource.Credentials, error) {
 	s.fetches.Add(1)
+	if s.fail != nil {
+		return credsource.Credentials{}, s.fail
+	}
 	creds, err := s.Static.Fetch(ctx, id)
 	if s.afterFetch != nil {
 		s.once.Do(s.afterFetch)
@@ -409,6 +414,26 @@ func TestFirstBytesRejected(t *testing.T) {
 				t.Errorf("log lacks reason %s:\n%s", tc.reason, logs)
 			}
 		})
+	}
+}
+
+// TestCredentialsErrorKeptFromClient checks that a source's own message, which can contain
+// anything (here a token on an exec helper's stderr), reaches the log but not the client.
+func TestCredentialsErrorKeptFromClient(t *testing.T) {
+	h := startHarness(t, harnessOptions{})
+	h.source.fail = errors.New(`exec source: helper exited 1: stderr "token s.Hidden123"`)
+	c := h.dial(t)
+	io.WriteString(c, "LOGIN\n")
+	got := readLine(t, bufio.NewReader(c))
+	if want := `ERROR route orders: fetch credentials "sec": the credential source failed`; !strings.HasPrefix(got, want) {
+		t.Errorf("got %q, want it to start with %q", got, want)
+	}
+	if strings.Contains(got, "s.Hidden123") {
+		t.Errorf("client error %q contains the source's message", got)
+	}
+	h.stop(t)
+	if logs := h.logs.String(); !strings.Contains(logs, "s.Hidden123") {
+		t.Errorf("log lacks the source's message:\n%s", logs)
 	}
 }
 

@@ -108,6 +108,22 @@ func (sess *session) abort(outcome string) {
 	}
 }
 
+// clientFetchError returns the error sent to the client when the credential fetch failed.
+// The source's own message stays in the agent's log, because an exec helper's stderr or an
+// HTTP error body can contain anything, a token included.
+func clientFetchError(secretID string, err error) error {
+	var reason error
+	switch {
+	case errors.Is(err, credsource.ErrNotFound):
+		reason = fmt.Errorf("%w (add the secret to the credential source, or fix the route's secret id)", credsource.ErrNotFound)
+	case errors.Is(err, context.DeadlineExceeded):
+		reason = fmt.Errorf("the credential source timed out: %w", context.DeadlineExceeded)
+	default:
+		reason = errors.New("the credential source failed; the agent's log has the cause")
+	}
+	return fmt.Errorf("fetch credentials %q: %w", secretID, reason)
+}
+
 // rawConn returns the connection under c's read buffer and TLS layer. abort closes that
 // one, because tls.Conn.Close first writes a close_notify alert, which can block for up to
 // 5 s on a peer that stopped reading, and abort runs with the server's lock held.
@@ -282,13 +298,10 @@ func (sess *session) login(ctx context.Context) (handshake.Conns, string, error)
 	creds, err := sess.srv.cfg.Credentials.Fetch(ctx, r.SecretID)
 	sess.recordFetch(err)
 	if err != nil {
-		hint := ""
-		if errors.Is(err, credsource.ErrNotFound) {
-			hint = " (add the secret to the credential source, or fix the route's secret id)"
-		}
-		err = fmt.Errorf("fetch credentials %q: %w%s", r.SecretID, err, hint)
+		err = fmt.Errorf("fetch credentials %q: %w", r.SecretID, err)
 		sess.log.Error("credential fetch failed", "secret_id", r.SecretID, "err", err)
-		return handshake.Conns{}, outcomeCredentials, sess.reject(ctx, client, err)
+		sess.reject(ctx, client, clientFetchError(r.SecretID, err))
+		return handshake.Conns{}, outcomeCredentials, err
 	}
 
 	// Fetch the client certificate for mutual TLS, if the route names one.

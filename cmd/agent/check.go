@@ -24,6 +24,7 @@ import (
 	"go.mongodb.org/mongo-driver/mongo"
 	"go.mongodb.org/mongo-driver/mongo/options"
 
+	"github.com/knoxcall/dbproxy/credsource"
 	"github.com/knoxcall/dbproxy/knoxproxy"
 )
 
@@ -81,9 +82,10 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	creds := newSwitchableSource(cfg, logger)
 	srv, err := knoxproxy.New(knoxproxy.Config{
 		Routes:      routes,
-		Credentials: newSwitchableSource(cfg, logger),
+		Credentials: creds,
 		Logger:      logger,
 	})
 	if err != nil {
@@ -106,7 +108,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var wg sync.WaitGroup
 	for i, r := range routes {
 		wg.Go(func() {
-			results[i] = checkRoute(ctx, r, srv.Addr(r.Name).String(), *timeout)
+			results[i] = checkRoute(ctx, r, srv.Addr(r.Name).String(), creds, *timeout)
 		})
 	}
 	wg.Wait()
@@ -144,12 +146,24 @@ func freeLoopbackPort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-func checkRoute(ctx context.Context, r knoxproxy.Route, addr string, timeout time.Duration) checkResult {
+func checkRoute(ctx context.Context, r knoxproxy.Route, addr string, creds credsource.Source, timeout time.Duration) checkResult {
 	res := checkResult{route: r.Name, protocol: r.Protocol,
 		upstream: net.JoinHostPort(r.UpstreamHost, strconv.Itoa(r.UpstreamPort))}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
+	// The fetch comes first, and its error is printed in full. A client through the route
+	// only learns that the source failed, because the source's message can contain anything.
+	for _, id := range []string{r.SecretID, r.TLS.ClientCertSecretID} {
+		if id == "" {
+			continue
+		}
+		if _, err := creds.Fetch(ctx, id); err != nil {
+			res.err = fmt.Errorf("agent error: fetch credentials %q: %w", id, err)
+			res.latency = time.Since(start)
+			return res
+		}
+	}
 	// Each driver also gets timeout for its own dial and I/O limits, whose defaults (5 s
 	// for go-redis, 30 s for the MongoDB driver's server selection) would otherwise end
 	// the check before -timeout does.

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/knoxcall/dbproxy/credsource"
@@ -79,5 +82,30 @@ func TestConfigExecHelperBesideConfig(t *testing.T) {
 	}
 	if creds.Username != "u" {
 		t.Errorf("user = %q, want u", creds.Username)
+	}
+}
+
+func TestPublicFetchError(t *testing.T) {
+	secretBearing := errors.New(`exec source: helper exited 1: stderr "token s.Hidden123"`)
+	for _, tc := range []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"source failure", &routeFetchError{id: "sec_orders", key: "committed_secret_id", err: secretBearing},
+			`the credential source failed for secret "sec_orders"; the agent's log has the cause`},
+		{"not found", &routeFetchError{id: "sec_cert", key: "tls.client_cert_secret_id",
+			err: fmt.Errorf("%w: stderr %q", credsource.ErrNotFound, "s.Hidden123")},
+			`secret "sec_cert" not found (add it to the credential source, or fix the route's tls.client_cert_secret_id)`},
+		{"other error", secretBearing, "the credential source failed; the agent's log has the cause"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := publicFetchError(tc.err); got != tc.want {
+				t.Errorf("publicFetchError = %q, want %q", got, tc.want)
+			}
+			if full := tc.err.Error(); !strings.Contains(full, "s.Hidden123") {
+				t.Errorf("Error() = %q lost the source's message, which the log needs", full)
+			}
+		})
 	}
 }

@@ -54,7 +54,7 @@ func (w *credentialWatcher) problem(name string, st knoxproxy.RouteStats) string
 	rc := w.routes[name]
 	switch {
 	case rc != nil && rc.err != nil:
-		return "credentials unavailable: " + rc.err.Error()
+		return "credentials unavailable: " + publicFetchError(rc.err)
 	case st.CredentialsFetched && !st.CredentialsOK && (rc == nil || !rc.overridesSession):
 		return "last credential fetch failed"
 	}
@@ -158,19 +158,45 @@ func (w *credentialWatcher) fetchRoute(ctx context.Context, r knoxproxy.Route) e
 		if id == "" {
 			continue
 		}
-		err := w.fetch(ctx, id)
-		if errors.Is(err, credsource.ErrNotFound) {
+		if err := w.fetch(ctx, id); err != nil {
 			key := "committed_secret_id"
 			if id != r.SecretID {
 				key = "tls.client_cert_secret_id"
 			}
-			return fmt.Errorf("%w (add secret %q to the credential source, or fix the route's %s)", err, id, key)
-		}
-		if err != nil {
-			return err
+			return &routeFetchError{id: id, key: key, err: err}
 		}
 	}
 	return nil
+}
+
+// routeFetchError is a failed fetch of one of a route's secrets.
+type routeFetchError struct {
+	id  string // the secret id
+	key string // the route field that names it
+	err error
+}
+
+func (e *routeFetchError) Error() string {
+	if errors.Is(e.err, credsource.ErrNotFound) {
+		return fmt.Sprintf("%v (add secret %q to the credential source, or fix the route's %s)", e.err, e.id, e.key)
+	}
+	return e.err.Error()
+}
+
+func (e *routeFetchError) Unwrap() error { return e.err }
+
+// publicFetchError describes err without the source's own message. Any local user can read
+// /readyz, and that message (an exec helper's stderr, an HTTP error body) can contain
+// anything, a token included, so only the log has it.
+func publicFetchError(err error) string {
+	var fe *routeFetchError
+	if !errors.As(err, &fe) {
+		return "the credential source failed; the agent's log has the cause"
+	}
+	if errors.Is(fe.err, credsource.ErrNotFound) {
+		return fmt.Sprintf("secret %q not found (add it to the credential source, or fix the route's %s)", fe.id, fe.key)
+	}
+	return fmt.Sprintf("the credential source failed for secret %q; the agent's log has the cause", fe.id)
 }
 
 // record stores the result of a fetch and logs when the route's state changes.

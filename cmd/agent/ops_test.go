@@ -413,21 +413,24 @@ func TestCheckFailing(t *testing.T) {
 		pgRoute("good", 0, pg, "sec_orders", "") +
 		pgRoute("wrongpw", 0, pg, "sec_wrong", "") +
 		redisRoute("cache_wrongpw", rd, rd.Port, "sec_wrong") +
-		redisRoute("cache_down", rd, downPort, "sec_cache")
+		redisRoute("cache_down", rd, downPort, "sec_cache") +
+		pgRoute("nosecret", 0, pg, "sec_missing", "")
 	secrets := fmt.Sprintf("secrets:\n  sec_orders: {username: app, password: %q}\n  sec_wrong: {username: app, password: nope}\n"+
 		"  sec_cache: {username: %s, password: %s}\n", canary, dbtest.RedisUser, dbtest.RedisPassword)
 	err, table := checkOutput(t, config, secrets)
 	if !errors.Is(err, errCheckFailed) {
 		t.Fatalf("check = %v, want errCheckFailed:\n%s", err, table)
 	}
-	if !strings.Contains(err.Error(), "3 of 4 routes failed") {
-		t.Errorf("error %q, want 3 of 4 routes failed", err)
+	if !strings.Contains(err.Error(), "4 of 5 routes failed") {
+		t.Errorf("error %q, want 4 of 5 routes failed", err)
 	}
 	for _, tc := range []struct{ route, want string }{
 		{"good", " ok "},
 		{"wrongpw", "password authentication failed"},
 		{"cache_wrongpw", "WRONGPASS"},
 		{"cache_down", `route "cache_down"`},
+		// The source's own message, which a client through the route does not get.
+		{"nosecret", `agent error: fetch credentials "sec_missing": secrets file secrets.yaml: secret "sec_missing": secret not found`},
 	} {
 		if row := checkRow(t, table, tc.route); !strings.Contains(row, tc.want) {
 			t.Errorf("row %q lacks %q", row, tc.want)
@@ -641,10 +644,14 @@ func TestCheckLabelsAgentErrors(t *testing.T) {
 	if !errors.Is(err, errCheckFailed) {
 		t.Fatalf("check = %v, want errCheckFailed:\n%s", err, table)
 	}
-	for _, route := range []string{"down", "nosecret"} {
+	for route, want := range map[string]string{
+		"down": "agent error: FATAL: dbproxy route",
+		// The check fetches the secret itself before it connects.
+		"nosecret": `agent error: fetch credentials "sec_missing"`,
+	} {
 		row := checkRow(t, table, route)
-		if !strings.Contains(row, "agent error: FATAL: dbproxy route") {
-			t.Errorf("row %q lacks the agent error label", row)
+		if !strings.Contains(row, want) {
+			t.Errorf("row %q lacks the agent error label %q", row, want)
 		}
 		if strings.Contains(row, "server error") {
 			t.Errorf("row %q labels the agent's error as the server's", row)
