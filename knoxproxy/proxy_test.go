@@ -160,14 +160,20 @@ type countingSource struct {
 	// afterFetch, if set, runs once after the first fetch.
 	afterFetch func()
 	once       sync.Once
-	// fail, if set, is the error of every fetch.
-	fail error
+	// failure, if set, makes fetches fail.
+	failure atomic.Pointer[sourceFailure]
+}
+
+// sourceFailure is the error of every fetch of id, or of every fetch when id is empty.
+type sourceFailure struct {
+	id  string
+	err error
 }
 
 func (s *countingSource) Fetch(ctx context.Context, id string) (credsource.Credentials, error) {
 	s.fetches.Add(1)
-	if s.fail != nil {
-		return credsource.Credentials{}, s.fail
+	if f := s.failure.Load(); f != nil && (f.id == "" || f.id == id) {
+		return credsource.Credentials{}, f.err
 	}
 	creds, err := s.Static.Fetch(ctx, id)
 	if s.afterFetch != nil {
@@ -420,20 +426,35 @@ func TestFirstBytesRejected(t *testing.T) {
 // TestCredentialsErrorKeptFromClient checks that a source's own message, which can contain
 // anything (here a token on an exec helper's stderr), reaches the log but not the client.
 func TestCredentialsErrorKeptFromClient(t *testing.T) {
-	h := startHarness(t, harnessOptions{})
-	h.source.fail = errors.New(`exec source: helper exited 1: stderr "token s.Hidden123"`)
-	c := h.dial(t)
-	io.WriteString(c, "LOGIN\n")
-	got := readLine(t, bufio.NewReader(c))
-	if want := `ERROR route orders: fetch credentials "sec": the credential source failed`; !strings.HasPrefix(got, want) {
-		t.Errorf("got %q, want it to start with %q", got, want)
-	}
-	if strings.Contains(got, "s.Hidden123") {
-		t.Errorf("client error %q contains the source's message", got)
-	}
-	h.stop(t)
-	if logs := h.logs.String(); !strings.Contains(logs, "s.Hidden123") {
-		t.Errorf("log lacks the source's message:\n%s", logs)
+	for _, tc := range []struct {
+		name, failID, want string
+	}{
+		{"route secret", "sec", `ERROR route orders: fetch credentials "sec": the credential source failed`},
+		{"client certificate secret", "cert", `ERROR route orders: fetch credentials "cert": the credential source failed`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := startHarness(t, harnessOptions{})
+			routes := []Route{h.srv.cfg.Routes[0]}
+			routes[0].TLS.ClientCertSecretID = "cert"
+			if err := h.srv.Update(routes); err != nil {
+				t.Fatal(err)
+			}
+			h.source.failure.Store(&sourceFailure{id: tc.failID,
+				err: errors.New(`exec source: helper exited 1: stderr "token s.Hidden123"`)})
+			c := h.dial(t)
+			io.WriteString(c, "LOGIN\n")
+			got := readLine(t, bufio.NewReader(c))
+			if !strings.HasPrefix(got, tc.want) {
+				t.Errorf("got %q, want it to start with %q", got, tc.want)
+			}
+			if strings.Contains(got, "s.Hidden123") {
+				t.Errorf("client error %q contains the source's message", got)
+			}
+			h.stop(t)
+			if logs := h.logs.String(); !strings.Contains(logs, "s.Hidden123") {
+				t.Errorf("log lacks the source's message:\n%s", logs)
+			}
+		})
 	}
 }
 

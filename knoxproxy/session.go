@@ -108,6 +108,10 @@ func (sess *session) abort(outcome string) {
 	}
 }
 
+// errCertFetch marks a failed fetch of the client certificate's secret, whose message the
+// client must not see.
+var errCertFetch = errors.New("fetch client certificate")
+
 // clientFetchError returns the error sent to the client when the credential fetch failed.
 // The source's own message stays in the agent's log, because an exec helper's stderr or an
 // HTTP error body can contain anything, a token included.
@@ -307,9 +311,14 @@ func (sess *session) login(ctx context.Context) (handshake.Conns, string, error)
 	// Fetch the client certificate for mutual TLS, if the route names one.
 	tlsConfig, err := sess.tlsConfig(ctx, creds)
 	if err != nil {
-		sess.log.Error("client certificate unavailable",
-			"secret_id", cmp.Or(r.TLS.ClientCertSecretID, r.SecretID), "err", err)
-		return handshake.Conns{}, outcomeCredentials, sess.reject(ctx, client, err)
+		id := cmp.Or(r.TLS.ClientCertSecretID, r.SecretID)
+		sess.log.Error("client certificate unavailable", "secret_id", id, "err", err)
+		clientErr := err
+		if errors.Is(err, errCertFetch) {
+			clientErr = clientFetchError(id, err)
+		}
+		sess.reject(ctx, client, clientErr)
+		return handshake.Conns{}, outcomeCredentials, err
 	}
 
 	// Dial the upstream.
@@ -458,7 +467,7 @@ func (sess *session) tlsConfig(ctx context.Context, creds credsource.Credentials
 		certCreds, err = sess.srv.cfg.Credentials.Fetch(ctx, id)
 		sess.recordFetch(err)
 		if err != nil {
-			return nil, fmt.Errorf("fetch client certificate %q: %w", id, err)
+			return nil, fmt.Errorf("%w %q: %w", errCertFetch, id, err)
 		}
 		if len(certCreds.Certificate) == 0 || len(certCreds.PrivateKey) == 0 {
 			return nil, fmt.Errorf("client certificate %q: the secret has no certificate and private_key", id)
