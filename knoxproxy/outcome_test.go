@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/knoxcall/dbproxy/internal/handshake"
 )
@@ -48,5 +50,30 @@ func TestRawConnUnwraps(t *testing.T) {
 		if got := rawConn(c); got != a {
 			t.Errorf("rawConn(%T) = %T %p, want the pipe end %p", c, got, got, a)
 		}
+	}
+}
+
+// failingListener returns the same error from every Accept, as a listener out of file
+// descriptors does, and never net.ErrClosed.
+type failingListener struct{ net.Listener }
+
+func (failingListener) Accept() (net.Conn, error) {
+	return nil, errors.New("accept tcp: too many open files")
+}
+
+func TestAcceptBackoffStops(t *testing.T) {
+	s := &Server{log: slog.New(slog.DiscardHandler)}
+	rs := &routeServer{route: &Route{Name: "orders"}, stopped: make(chan struct{})}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.acceptLoop(rs, failingListener{})
+	}()
+	time.Sleep(50 * time.Millisecond) // a few failed accepts and backoffs
+	rs.stopOnce.Do(func() { close(rs.stopped) })
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		t.Fatal("accept loop still running 3 s after the route stopped")
 	}
 }

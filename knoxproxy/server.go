@@ -384,7 +384,11 @@ type routeServer struct {
 	tcp       net.Listener
 	unix      net.Listener
 	accepting sync.WaitGroup
-	refusals  refusalLimiter
+	// stopped is closed by stopAccepting, so that an accept loop in its error backoff
+	// returns at once.
+	stopped  chan struct{}
+	stopOnce sync.Once
+	refusals refusalLimiter
 
 	active           atomic.Int64
 	bytesToUpstream  atomic.Int64
@@ -408,6 +412,7 @@ func (rs *routeServer) listeners() []net.Listener {
 
 // stopAccepting closes the listeners and waits for the accept loops to return.
 func (rs *routeServer) stopAccepting() {
+	rs.stopOnce.Do(func() { close(rs.stopped) })
 	for _, ln := range rs.listeners() {
 		ln.Close()
 	}
@@ -425,7 +430,8 @@ func (s *Server) bind(ctx context.Context, r *Route) (*routeServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	rs := &routeServer{route: r, proto: protocols[r.Protocol], keyShares: newKeyShares(tlsConfig)}
+	rs := &routeServer{route: r, proto: protocols[r.Protocol], keyShares: newKeyShares(tlsConfig),
+		stopped: make(chan struct{})}
 	if rs.proto.handshake == nil {
 		return nil, fmt.Errorf("route %q: protocol %s is not implemented in this build", r.Name, r.Protocol)
 	}
@@ -524,7 +530,11 @@ func (s *Server) acceptLoop(rs *routeServer, ln net.Listener) {
 			// Out of file descriptors, for example: back off instead of spinning.
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 			s.log.Error("accept failed", "route", rs.route.Name, "err", err, "retry_in", delay)
-			time.Sleep(delay)
+			select {
+			case <-time.After(delay):
+			case <-rs.stopped:
+				return
+			}
 			continue
 		}
 		delay = 0
