@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/knoxcall/dbproxy/internal/levenshtein"
 )
 
 // The keys of one secret in a secrets file.
@@ -126,7 +128,7 @@ func setField(creds *Credentials, key, value string) error {
 // is a misspelling of a known key.
 func describeUnknownKey(key string) string {
 	for _, known := range []string{keyUsername, keyPassword, keyCertificate, keyPrivateKey, keyAuthSource} {
-		if editDistance(key, known) <= 2 {
+		if levenshtein.Distance(key, known) <= 2 {
 			return fmt.Sprintf("unknown key %q", key)
 		}
 		if rest, ok := strings.CutPrefix(key, known); ok && rest != "" && !isKeyChar(rest[0]) {
@@ -139,27 +141,6 @@ func describeUnknownKey(key string) string {
 
 func isKeyChar(c byte) bool {
 	return c == '_' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
-}
-
-// editDistance returns the Levenshtein distance between a and b, counted in bytes.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // validateSecret checks one parsed secret. The messages name keys only.

@@ -16,6 +16,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/knoxcall/dbproxy/credsource"
+	"github.com/knoxcall/dbproxy/internal/levenshtein"
 	"github.com/knoxcall/dbproxy/knoxproxy"
 )
 
@@ -287,30 +288,9 @@ func closestKey(name string, typ reflect.Type) string {
 		if strings.HasSuffix(key, "_"+name) {
 			return key
 		}
-		if d := editDistance(name, key); d < bestDistance {
+		if d := levenshtein.Distance(name, key); d < bestDistance {
 			best, bestDistance = key, d
 		}
 	}
 	return best
-}
-
-// editDistance returns the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur := make([]int, len(b)+1)
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev = cur
-	}
-	return prev[len(b)]
 }
