@@ -268,10 +268,10 @@ func parseYAMLSecret(entry *yaml.Node) (Credentials, error) {
 	return creds, nil
 }
 
-// checkYAMLMarks rejects a value that YAML reads differently from its text: an unquoted
-// password that starts with "&" becomes an anchor with an empty value, and one that starts
-// with "!" becomes a tag followed by the rest of the password. raw is the value as written
-// and value is raw with its alias resolved. The errors quote neither the anchor nor the tag.
+// checkYAMLMarks rejects a value that YAML reads differently from its text. An unquoted
+// password that starts with "&" becomes an anchor with an empty value. One that starts with
+// "!" becomes a tag followed by the rest of the password. raw is the value as written, and
+// value is raw with its alias resolved. The errors quote neither the anchor nor the tag.
 func checkYAMLMarks(raw, value *yaml.Node, key string) error {
 	if raw.Anchor != "" && isYAMLNull(raw) {
 		return fmt.Errorf("line %d: key %q has an anchor (a value that starts with &) but no value; quote the value if it is a literal", raw.Line, key)

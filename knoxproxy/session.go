@@ -128,9 +128,9 @@ func clientFetchError(secretID string, err error) error {
 	return fmt.Errorf("fetch credentials %q: %w", secretID, reason)
 }
 
-// rawConn returns the connection under c's read buffer and TLS layer. abort closes that
-// one, because tls.Conn.Close first writes a close_notify alert, which can block for up to
-// 5 s on a peer that stopped reading, and abort runs with the server's lock held.
+// rawConn returns the connection under c's read buffer and TLS layer. abort closes that one
+// because it runs with the server's lock held. tls.Conn.Close would first write a
+// close_notify alert, which can block for up to 5 s on a peer that stopped reading.
 func rawConn(c net.Conn) net.Conn {
 	for {
 		switch v := c.(type) {

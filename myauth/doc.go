@@ -12,10 +12,10 @@
 // plugin, so the greeting is the server's. The client's HandshakeResponse41 supplies the
 // database, character set, max packet size, connection attributes and capabilities. Its user
 // name and auth response are ignored, and the client never gets a request for a password or
-// an RSA key. A client whose plugin is not the greeting's (mariadb --default-auth, a client
-// without caching_sha2_password at a MySQL 8 greeting) does not pass the greeting's
-// scramble to it, so the plugin sends an empty response and waits for data of its own. As a
-// server would, the agent then sends an AuthSwitchRequest to that plugin
+// an RSA key. Some clients use another plugin than the greeting's, such as mariadb with
+// --default-auth or a client without caching_sha2_password at a MySQL 8 greeting. Such a
+// client does not pass the greeting's scramble to its plugin, so the plugin sends an empty
+// response and waits for data of its own. As a server would, the agent then sends an AuthSwitchRequest to that plugin
 // (mysql_native_password, caching_sha2_password, client_ed25519), or to
 // mysql_native_password from sha256_password, and ignores the reply too. A sha256_password
 // client that requests the server's RSA key, as at a sha256_password greeting, is switched

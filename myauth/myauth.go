@@ -40,9 +40,9 @@ var (
 	// ErrAuthFailed: the upstream rejected the stored credentials; the client was sent the
 	// server's own error.
 	ErrAuthFailed = handshake.ErrAuthFailed
-	// ErrUpstreamRejected: the upstream refused the session for a reason other than the
-	// credentials (an unknown database, its connection limit); the client was sent the
-	// server's own error.
+	// ErrUpstreamRejected: the upstream rejected the session for a reason other than the
+	// credentials, such as an unknown database or its connection limit. The client was
+	// sent the server's own error.
 	ErrUpstreamRejected = handshake.ErrUpstreamRejected
 	// ErrClientProtocol: the client sent something the protocol does not allow here; it
 	// was sent an error.

@@ -41,9 +41,9 @@ var (
 	// ErrEncryptionDeclined: the client closed its connection right after the agent declined
 	// its SSLRequest or GSSENCRequest. It also wraps ErrClientClosed.
 	ErrEncryptionDeclined = handshake.ErrEncryptionDeclined
-	// ErrUpstreamRejected: the upstream refused the session for a reason other than the
-	// credentials (an unknown database, its connection limit); the client was sent the
-	// server's own error.
+	// ErrUpstreamRejected: the upstream rejected the session for a reason other than the
+	// credentials, such as an unknown database or its connection limit. The client was
+	// sent the server's own error.
 	ErrUpstreamRejected = handshake.ErrUpstreamRejected
 	// ErrClientProtocol: the client sent something the protocol does not allow here; it
 	// was sent an error.

@@ -26,10 +26,10 @@
 //   - HELLO protover AUTH username password [SETNAME name] gets the stored user name
 //     ("default" when the credentials have none) and password in its AUTH clause. HELLO
 //     itself, protocol 2 or 3, and SETNAME pass through. In a HELLO with an invalid option,
-//     an incomplete AUTH or SETNAME reaches the server as sent, any other option becomes
-//     "(hidden by dbproxy: it may be a credential)", and the arguments after it become
-//     empty strings, so the server's syntax error names the option and never sees a
-//     password the client misplaced.
+//     an incomplete AUTH or SETNAME reaches the server as sent. Any other invalid option
+//     becomes "(hidden by dbproxy: it may be a credential)" and the arguments after it
+//     become empty strings, so the server's syntax error names the option but never
+//     contains a password that the client misplaced.
 //   - RESET would log the session out, because Redis then authenticates the connection
 //     as the default user. The agent replaces it with a command that the server rejects,
 //     so the client gets, in order with its other replies,

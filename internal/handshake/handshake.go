@@ -27,10 +27,10 @@ var (
 	// already been sent the server's own error.
 	ErrAuthFailed = errors.New("upstream rejected the credentials")
 	// ErrEncryptionDeclined means the client closed its connection right after the agent
-	// declined its request for an encrypted loopback leg (a PostgreSQL SSLRequest), as a
-	// client that requires TLS does, and pgx with sslmode=prefer before it reconnects.
+	// declined its request to encrypt the loopback leg, a PostgreSQL SSLRequest. A client
+	// that requires TLS does this, and so does pgx with sslmode=prefer before it reconnects.
 	ErrEncryptionDeclined = errors.New("client closed after its encryption request was declined")
-	// ErrUpstreamRejected means the upstream refused the session for a reason other than the
+	// ErrUpstreamRejected means the upstream rejected the session for a reason other than the
 	// credentials, such as an unknown database or its own connection limit. The client has
 	// already been sent the server's own error.
 	ErrUpstreamRejected = errors.New("upstream rejected the session")

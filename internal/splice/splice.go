@@ -52,8 +52,8 @@ func PeerGone(err error, c net.Conn) bool {
 // half-closes the other side's writing direction and keeps copying the opposite way, so a
 // peer that shuts down its output still receives the rest of the replies. When either
 // direction fails, Run closes both connections so that the other direction ends too. It
-// returns the bytes copied each way and the first error other than a clean end of stream, as
-// a *ConnError naming the connection that failed; an error caused by that close is not
+// returns the bytes copied each way and the first error other than a clean end of stream,
+// as a *ConnError naming the connection that failed. An error caused by that close is not
 // reported. The caller closes both connections afterwards.
 func Run(a, b net.Conn) (aToB, bToA int64, err error) {
 	return RunCounted(a, b, nil, nil)
